@@ -1,0 +1,12 @@
+"""cyconv: fast, correct convolutions (forward and backward) on NumPy and CuPy arrays.
+
+Importing cyconv never imports CuPy; CuPy arrays are handled when they arrive.
+"""
+from . import grad
+from ._info import info
+from ._runtime import (get_num_threads, get_workspace_limit, set_num_threads,
+                       set_workspace_limit)
+from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,
+                         conv_transpose3d)
+
+__version__ = "0.1.0"

@@ -1,0 +1,125 @@
+"""CPU backend: make inputs contiguous, allocate outputs, call the compiled kernels.
+
+Kernel modules (``cyconv/_ext/im2col.pyx``, ``direct.pyx``, ``pool.pyx``) are built
+twice on x86-64, for the baseline ISA and for AVX2+FMA; :data:`ISA` says which set this
+process uses.  ``CYCONV_ISA=base`` forces the baseline, ``CYCONV_ISA=avx2`` insists on
+AVX2 (and fails clearly on a CPU without it).
+
+Every function here works in conv view (see :mod:`cyconv._params`): the *image* side is
+a convolution's input / a transposed convolution's output, the *column* side the other.
+Arrays are batched ``(N, C, *spatial)``; the caller has checked every shape.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+
+import numpy as np
+
+from . import _runtime
+from ._ext import _runtime as _ext_runtime
+
+try:
+    from . import _build_info
+except ImportError:  # pragma: no cover - a source tree that was never built
+    _build_info = None
+
+#: below this many FLOPs an op runs on one thread: thread start-up would cost more.
+SERIAL_FLOPS = 1_000_000
+
+
+def _choose_isa() -> str:
+    want = os.environ.get("CYCONV_ISA", "auto").strip().lower() or "auto"
+    if want not in ("auto", "base", "avx2"):
+        raise ValueError(f"CYCONV_ISA must be 'auto', 'base' or 'avx2', got {want!r}")
+    built = bool(_build_info and _build_info.AVX2_BUILT)
+    has = _ext_runtime.cpu_has_avx2_fma()
+    if want == "avx2" and not (built and has):
+        raise ImportError("CYCONV_ISA=avx2, but " + (
+            "this CPU lacks AVX2/FMA" if not has else "cyconv was built without AVX2 kernels"))
+    if want == "base":
+        return "base"
+    return "avx2" if (built and has) else "base"
+
+
+ISA = _choose_isa()
+_PKG = "cyconv._ext.avx2" if ISA == "avx2" else "cyconv._ext"
+_modules = {}
+
+
+def kernels(name: str):
+    """The kernel module ``name`` ('im2col', 'direct', 'pool') for this CPU's ISA."""
+    mod = _modules.get(name)
+    if mod is None:
+        mod = _modules[name] = importlib.import_module(f"{_PKG}.{name}")
+    return mod
+
+
+def threads_for(flops: float) -> int:
+    n = _runtime.get_num_threads()
+    return 1 if flops < SERIAL_FLOPS else n
+
+
+def _launch_args(p, dtype):
+    _runtime.pin_blas()
+    nt = threads_for(p.flops)
+    return p.geometry(), nt, _runtime.get_workspace_limit()
+
+
+def _bias_or_empty(b, dtype):
+    if b is None:
+        return np.empty(0, dtype)
+    return np.ascontiguousarray(b, dtype=dtype)
+
+
+def conv_forward(p, x, w, b, algorithm):
+    """Column side from image side: a convolution's output (+ bias)."""
+    x = np.ascontiguousarray(x)
+    w = np.ascontiguousarray(w)
+    N = x.shape[0]
+    y = np.empty((N, p.col_channels) + p.col_size, x.dtype)
+    if N == 0 or y.size == 0:
+        return y
+    geom, nt, ws = _launch_args(p, x.dtype)
+    kernels(algorithm).conv_forward(x.reshape(N, -1), w.reshape(w.shape[0], -1),
+                                    _bias_or_empty(b, x.dtype), y.reshape(N, -1),
+                                    geom, nt, ws)
+    return y
+
+
+def conv_backward_input(p, gy, w, b, algorithm):
+    """Image side from column side: a convolution's input gradient, or a transposed
+    convolution's output (+ bias)."""
+    gy = np.ascontiguousarray(gy)
+    w = np.ascontiguousarray(w)
+    N = gy.shape[0]
+    gx = np.empty((N, p.img_channels) + p.img_size, gy.dtype)
+    if N == 0 or gx.size == 0:
+        if b is not None:
+            gx[...] = np.reshape(b, (1, -1) + (1,) * p.nd)
+        return gx
+    geom, nt, ws = _launch_args(p, gy.dtype)
+    kernels(algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
+                                           _bias_or_empty(b, gy.dtype), gx.reshape(N, -1),
+                                           geom, nt, ws)
+    return gx
+
+
+def conv_backward_weight(p, x, gy, algorithm):
+    """Weight gradient (conv-view weight shape (C_col, C_img/G, *kernel))."""
+    x = np.ascontiguousarray(x)
+    gy = np.ascontiguousarray(gy)
+    N = x.shape[0]
+    gw = np.empty((p.col_channels, p.img_channels // p.G) + p.kernel_size, x.dtype)
+    if N == 0:
+        gw[...] = 0
+        return gw
+    geom, nt, ws = _launch_args(p, x.dtype)
+    kernels(algorithm).conv_backward_weight(x.reshape(N, -1), gy.reshape(N, -1),
+                                            gw.reshape(gw.shape[0], -1), geom, nt, ws)
+    return gw
+
+
+def bias_grad(gy, axes):
+    """Sum over ``axes`` in float64 blocks, returned in gy's dtype."""
+    return np.add.reduce(gy, axis=axes, dtype=np.float64).astype(gy.dtype, copy=False)

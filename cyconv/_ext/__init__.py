@@ -1,0 +1,1 @@
+"""Compiled kernels (Cython + OpenMP).  See cyconv._cpu for how they are chosen."""

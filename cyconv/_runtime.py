@@ -1,0 +1,109 @@
+"""Threads, workspace and BLAS pinning: the runtime state every CPU kernel reads.
+
+cyconv has one level of parallelism: OpenMP ``prange`` loops in the kernels, each thread
+calling a *single-threaded* BLAS.  So SciPy's BLAS (the one ``scipy.linalg.cython_blas``
+calls) is pinned to one thread the first time a kernel runs; the number of OpenMP threads
+comes from :func:`set_num_threads` or ``CYCONV_NUM_THREADS``.
+"""
+from __future__ import annotations
+
+import os
+import threading
+
+from ._params import is_int
+
+_DEFAULT_WORKSPACE_MB = 256
+_lock = threading.Lock()
+_state = {"num_threads": None, "workspace": None, "blas_pinned": False, "blas": None}
+
+
+def _default_threads() -> int:
+    env = os.environ.get("CYCONV_NUM_THREADS", "").strip()
+    if env:
+        try:
+            n = int(env)
+        except ValueError:
+            n = 0
+        if n < 1:
+            raise ValueError(f"CYCONV_NUM_THREADS must be a positive integer, got {env!r}")
+        return n
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # macOS, Windows
+        return max(1, os.cpu_count() or 1)
+
+
+def get_num_threads() -> int:
+    """The number of threads cyconv's CPU kernels use."""
+    if _state["num_threads"] is None:
+        _state["num_threads"] = _default_threads()
+    return _state["num_threads"]
+
+
+def set_num_threads(n: int) -> None:
+    """Set the number of threads of cyconv's CPU kernels (overrides CYCONV_NUM_THREADS)."""
+    if not is_int(n) or n < 1:
+        raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    _state["num_threads"] = int(n)
+
+
+def get_workspace_limit() -> int:
+    """Bytes of scratch memory (im2col columns, partial sums) a CPU op may use in all."""
+    if _state["workspace"] is None:
+        env = os.environ.get("CYCONV_WORKSPACE_MB", "").strip()
+        mb = float(env) if env else _DEFAULT_WORKSPACE_MB
+        if mb <= 0:
+            raise ValueError(f"CYCONV_WORKSPACE_MB must be positive, got {env!r}")
+        _state["workspace"] = int(mb * 2**20)
+    return _state["workspace"]
+
+
+def set_workspace_limit(nbytes: int) -> None:
+    """Cap the scratch memory of one CPU op (default 256 MiB, env CYCONV_WORKSPACE_MB).
+
+    A smaller cap only makes the im2col path work in smaller chunks: results are
+    bit-identical for any cap.
+    """
+    if not is_int(nbytes) or nbytes < 1:
+        raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
+    _state["workspace"] = int(nbytes)
+
+
+def pin_blas() -> None:
+    """Limit the BLAS that the kernels call to one thread (once per process)."""
+    if _state["blas_pinned"]:
+        return
+    with _lock:
+        if _state["blas_pinned"]:
+            return
+        import scipy.linalg.cython_blas  # noqa: F401  (load the library to be found)
+        info = []
+        try:
+            from threadpoolctl import ThreadpoolController
+            ctl = ThreadpoolController()
+            blas = [lib for lib in ctl.lib_controllers if lib.user_api == "blas"]
+            ours = [lib for lib in blas if "scipy" in os.path.dirname(lib.filepath)
+                    and "numpy" not in os.path.basename(os.path.dirname(lib.filepath))]
+            for lib in ours or blas:
+                lib.set_num_threads(1)
+                info.append({"library": lib.prefix, "version": lib.version,
+                             "threading_layer": getattr(lib, "threading_layer", None),
+                             "filepath": lib.filepath})
+        except Exception as exc:  # threadpoolctl missing or failing: say so in info()
+            info.append({"error": f"could not pin BLAS threads: {exc}"})
+        _state["blas"] = info
+        _state["blas_pinned"] = True
+
+
+def blas_info() -> list:
+    pin_blas()
+    return list(_state["blas"])
+
+
+def _after_fork_in_child():
+    # The parent's BLAS pool settings survive a fork; re-check them lazily in the child.
+    _state["blas_pinned"] = False
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,112 @@
+"""Gradients of the functional ops, with ``torch.nn.grad``'s names and semantics.
+
+Each function returns one array.  ``input_size``/``weight_size`` are shape tuples; an
+unbatched ``input_size`` gives an unbatched gradient.  Every padding form the forward op
+accepts is accepted here too.
+"""
+from __future__ import annotations
+
+from . import _dispatch
+from ._params import conv_params, is_int
+
+__all__ = ["bias"] + [f"conv{nd}d_{w}" for nd in (1, 2, 3) for w in ("input", "weight")] + [
+    f"conv_transpose{nd}d_{w}" for nd in (1, 2, 3) for w in ("input", "weight")]
+
+
+def _size(op, name, size):
+    if (isinstance(size, (tuple, list)) or type(size).__name__ == "Size") and all(
+            is_int(v) for v in size):
+        return tuple(int(v) for v in size)
+    raise ValueError(f"{op}: {name} must be a tuple of ints, got {size!r}")
+
+
+def _check_gy(op, p, gy):
+    if tuple(gy.shape) != p.y_shape:
+        raise ValueError(f"{op}: grad_output has shape {tuple(gy.shape)}, expected {p.y_shape} "
+                         f"for input {p.x_shape} and weight {p.w_shape}")
+
+
+def _conv_input(op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
+                algorithm, transposed=False, output_padding=0):
+    xp_name, dtype = _dispatch.prepare(op, w=weight, gy=grad_output)
+    p = conv_params(op, nd, _size(op, "input_size", input_size), weight.shape, stride=stride,
+                    padding=padding, dilation=dilation, groups=groups,
+                    output_padding=output_padding, transposed=transposed)
+    _check_gy(op, p, grad_output)
+    be = _dispatch.backend(xp_name)
+    gy = _dispatch.batched(grad_output, p)
+    if transposed:   # the transposed op's input is the conv view's column side
+        alg = _dispatch.resolve_algorithm(op, p, "forward", dtype, algorithm, xp_name)
+        gx = be.conv_forward(p, gy, weight, None, alg)
+    else:
+        alg = _dispatch.resolve_algorithm(op, p, "backward_input", dtype, algorithm, xp_name)
+        gx = be.conv_backward_input(p, gy, weight, None, alg)
+    return _dispatch.unbatch(gx, p)
+
+
+def _conv_weight(op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
+                 algorithm, transposed=False, output_padding=0):
+    xp_name, dtype = _dispatch.prepare(op, x=input, gy=grad_output)
+    p = conv_params(op, nd, input.shape, _size(op, "weight_size", weight_size), stride=stride,
+                    padding=padding, dilation=dilation, groups=groups,
+                    output_padding=output_padding, transposed=transposed)
+    _check_gy(op, p, grad_output)
+    be = _dispatch.backend(xp_name)
+    alg = _dispatch.resolve_algorithm(op, p, "backward_weight", dtype, algorithm, xp_name)
+    x = _dispatch.batched(input, p)
+    gy = _dispatch.batched(grad_output, p)
+    if transposed:   # image side = the transposed op's output
+        return be.conv_backward_weight(p, gy, x, alg)
+    return be.conv_backward_weight(p, x, gy, alg)
+
+
+def _make(nd):
+    def conv_input(input_size, weight, grad_output, stride=1, padding=0, dilation=1, groups=1,
+                   *, algorithm="auto"):
+        return _conv_input(f"conv{nd}d_input", nd, input_size, weight, grad_output, stride,
+                           padding, dilation, groups, algorithm)
+
+    def conv_weight(input, weight_size, grad_output, stride=1, padding=0, dilation=1,
+                    groups=1, *, algorithm="auto"):
+        return _conv_weight(f"conv{nd}d_weight", nd, input, weight_size, grad_output, stride,
+                            padding, dilation, groups, algorithm)
+
+    def convt_input(input_size, weight, grad_output, stride=1, padding=0, output_padding=0,
+                    groups=1, dilation=1, *, algorithm="auto"):
+        return _conv_input(f"conv_transpose{nd}d_input", nd, input_size, weight, grad_output,
+                           stride, padding, dilation, groups, algorithm, transposed=True,
+                           output_padding=output_padding)
+
+    def convt_weight(input, weight_size, grad_output, stride=1, padding=0, output_padding=0,
+                     groups=1, dilation=1, *, algorithm="auto"):
+        return _conv_weight(f"conv_transpose{nd}d_weight", nd, input, weight_size,
+                            grad_output, stride, padding, dilation, groups, algorithm,
+                            transposed=True, output_padding=output_padding)
+
+    fns = {f"conv{nd}d_input": conv_input, f"conv{nd}d_weight": conv_weight,
+           f"conv_transpose{nd}d_input": convt_input,
+           f"conv_transpose{nd}d_weight": convt_weight}
+    for name, fn in fns.items():
+        fn.__name__ = fn.__qualname__ = name
+        kind = "input" if name.endswith("input") else "weight"
+        fn.__doc__ = (f"Gradient of ``{name.rsplit('_', 1)[0]}`` with respect to its {kind} "
+                      f"(semantics of ``torch.nn.grad.{name}``).")
+    return fns
+
+
+for _nd in (1, 2, 3):
+    globals().update(_make(_nd))
+
+
+def bias(grad_output, channel_axis=1):
+    """Gradient of a bias: ``grad_output`` summed over every axis but ``channel_axis``.
+
+    Use ``channel_axis=0`` for an unbatched convolution and ``-1`` for ``linear``.
+    """
+    xp_name, _ = _dispatch.prepare("bias", gy=grad_output)
+    nd = grad_output.ndim
+    if not is_int(channel_axis) or not -nd <= channel_axis < nd:
+        raise ValueError(f"bias: channel_axis={channel_axis!r} is out of range for grad_output "
+                         f"of shape {tuple(grad_output.shape)}")
+    axes = tuple(a for a in range(nd) if a != channel_axis % nd)
+    return _dispatch.backend(xp_name).bias_grad(grad_output, axes)
