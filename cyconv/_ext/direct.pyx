@@ -1,0 +1,1 @@
+"""im2col + GEMM kernels (placeholder)."""

@@ -1,0 +1,1 @@
+"""Pooling, padding and element-wise kernels (to be filled in)."""
