@@ -1,1 +1,325 @@
-"""im2col + GEMM kernels (placeholder)."""
+"""im2col + GEMM convolution kernels: forward, input gradient, weight gradient.
+
+All three share the column matrix of one (sample, group): ``col[(c, kd, kh, kw), p]`` is
+the image value under kernel tap (kd, kh, kw) of channel c for output pixel p (zero in the
+padding), so that
+
+* forward:          y[n, g]  = W[g] @ col(x[n, g])                (Kg x P)
+* input gradient:   gx[n, g] = col2im(W[g]^T @ gy[n, g])          (the transposed conv)
+* weight gradient:  gW[g]   += gy[n, g] @ col(x[n, g])^T          (Kg x CKK)
+
+GEMMs come from SciPy's BLAS (``_blas.gemm_rm``), called single-threaded inside OpenMP
+``prange`` loops; every array argument is C-contiguous and already checked by
+``cyconv._params``/``cyconv._cpu``.
+
+Notes
+-----
+Work is chunked so that scratch memory stays under ``ws_bytes`` *and* the result does not
+depend on the chunking (a tiny workspace gives bit-identical results, only slower):
+
+* forward chunks the output pixels, i.e. the N dimension of the GEMM: every output
+  element is still one dot product of length CKK;
+* the input gradient chunks the rows of the column matrix inside whole channels and
+  scatters rows in order, so each image element receives its contributions in the same
+  (row, pixel) order whatever the chunk size; threads own disjoint channel blocks;
+* the weight gradient tiles the pixels (the GEMM's K dimension) by a size that depends
+  on the shape only, chunks the CKK rows for the workspace, and reduces the per-thread
+  partial sums in thread order: bit-identical run to run for a given thread count.
+"""
+from cython.parallel cimport prange, parallel, threadid
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset, memcpy
+
+from cyconv._ext._types cimport floating
+from cyconv._ext._blas cimport gemm_rm
+from cyconv._ext._geom cimport Geom, make_geom, valid_range
+
+cdef enum:
+    # pixels per weight-gradient GEMM (its K dimension): a constant, so results never
+    # depend on the workspace or the thread count's effect on chunking
+    WGRAD_TILE = 1024
+    # fewest pixels per forward chunk worth a GEMM call, unless the workspace forbids it
+    MIN_TILE = 64
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef void im2col_nd(const floating* x, floating* col, const Geom* g, Py_ssize_t r0,
+                    Py_ssize_t r1, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Rows r0..r1, columns p0..p1 of one group's column matrix.
+
+    x is the group's image (Cg, D, H, W); col is (r1 - r0, p1 - p0) row-major.  NumPy:
+    ``col[r - r0, p - p0] = xpad[c, od*SD + kd*DD, oh*SH + kh*DH, ow*SW + kw*DW]`` with
+    (c, kd, kh, kw) = unravel(r) and (od, oh, ow) = unravel(p).
+    """
+    cdef Py_ssize_t ld = p1 - p0, OHW = g.OH * g.OW
+    cdef Py_ssize_t r, c, kd, kh, kw, t, p, od, oh, ow, seg, idd, ih, iw0, lo, hi, j
+    cdef const floating* row
+    cdef floating* dst
+    for r in range(r0, r1):
+        kw = r % g.KW
+        t = r // g.KW
+        kh = t % g.KH
+        t = t // g.KH
+        kd = t % g.KD
+        c = t // g.KD
+        dst = col + (r - r0) * ld
+        od = p0 // OHW
+        t = p0 - od * OHW
+        oh = t // g.OW
+        ow = t - oh * g.OW
+        p = p0
+        while p < p1:
+            seg = _min(g.OW - ow, p1 - p)
+            idd = od * g.SD - g.PD + kd * g.DD
+            ih = oh * g.SH - g.PH + kh * g.DH
+            if idd < 0 or idd >= g.D or ih < 0 or ih >= g.H:
+                memset(dst, 0, seg * sizeof(floating))
+            else:
+                row = x + ((c * g.D + idd) * g.H + ih) * g.W
+                iw0 = ow * g.SW - g.PW + kw * g.DW
+                valid_range(iw0, g.SW, g.W, seg, &lo, &hi)
+                for j in range(lo):
+                    dst[j] = 0
+                if g.SW == 1:
+                    memcpy(dst + lo, row + iw0 + lo, (hi - lo) * sizeof(floating))
+                else:
+                    for j in range(lo, hi):
+                        dst[j] = row[iw0 + j * g.SW]
+                for j in range(hi, seg):
+                    dst[j] = 0
+            dst += seg
+            p += seg
+            ow += seg
+            if ow == g.OW:
+                ow = 0
+                oh += 1
+                if oh == g.OH:
+                    oh = 0
+                    od += 1
+
+
+cdef void col2im_nd(const floating* col, floating* x, const Geom* g, Py_ssize_t r0,
+                    Py_ssize_t r1) noexcept nogil:
+    """Scatter-add rows r0..r1 (all P columns) of a column matrix into the image x.
+
+    The adjoint of ``im2col_nd``: ``x[c, i(p, k)] += col[r, p]`` for every in-image
+    position, rows in order, pixels in order.
+    """
+    cdef Py_ssize_t r, c, kd, kh, kw, t, od, oh, idd, ih, iw0, lo, hi, j
+    cdef const floating* src
+    cdef floating* row
+    for r in range(r0, r1):
+        kw = r % g.KW
+        t = r // g.KW
+        kh = t % g.KH
+        t = t // g.KH
+        kd = t % g.KD
+        c = t // g.KD
+        src = col + (r - r0) * g.P
+        iw0 = kw * g.DW - g.PW
+        valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
+        for od in range(g.OD):
+            idd = od * g.SD - g.PD + kd * g.DD
+            if idd < 0 or idd >= g.D:
+                src += g.OH * g.OW
+                continue
+            for oh in range(g.OH):
+                ih = oh * g.SH - g.PH + kh * g.DH
+                if ih >= 0 and ih < g.H:
+                    row = x + ((c * g.D + idd) * g.H + ih) * g.W + iw0
+                    if g.SW == 1:
+                        for j in range(lo, hi):
+                            row[j] += src[j]
+                    else:
+                        for j in range(lo, hi):
+                            row[j * g.SW] += src[j]
+                src += g.OW
+
+
+cdef bint _is_pointwise(const Geom* g) noexcept nogil:
+    """1x1 kernel, stride 1, no padding: the image *is* the column matrix."""
+    return (g.KK == 1 and g.SD == 1 and g.SH == 1 and g.SW == 1 and g.PD == 0 and g.PH == 0
+            and g.PW == 0 and g.OD == g.D and g.OH == g.H and g.OW == g.W)
+
+
+cdef floating* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread, floating dummy) except NULL:
+    cdef floating* buf = <floating*> malloc(_max(1, n_threads * per_thread) * sizeof(floating))
+    if buf == NULL:
+        raise MemoryError(f"cyconv: could not allocate {n_threads * per_thread * sizeof(floating)}"
+                          f" bytes of im2col workspace")
+    return buf
+
+
+def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
+                 floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes):
+    """y[n] = conv(x[n], w) + b for every sample, im2col + GEMM.
+
+    x (N, C_img * D*H*W), w (C_col, CKK), b (C_col,) or empty, y (N, C_col * P).
+    """
+    cdef Geom g = make_geom(geom)
+    cdef Py_ssize_t N = x.shape[0]
+    cdef bint pointwise = _is_pointwise(&g)
+    cdef bint has_bias = b.shape[0] > 0
+    # Chunk the output pixels: within the workspace, and enough chunks to feed the threads.
+    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
+    cdef Py_ssize_t tile = g.P if pointwise else _max(1, _min(g.P, budget // g.CKK))
+    cdef Py_ssize_t T = (g.P + tile - 1) // tile
+    if N * g.G * T < n_threads:
+        T = _min(_max(1, g.P // MIN_TILE), (n_threads + N * g.G - 1) // (N * g.G))
+        T = _max(T, (g.P + tile - 1) // tile)
+    tile = (g.P + T - 1) // T
+    T = (g.P + tile - 1) // tile
+    cdef Py_ssize_t items = N * g.G * T
+    cdef Py_ssize_t per_thread = 0 if pointwise else g.CKK * tile
+    cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
+    cdef Py_ssize_t it, n, gi, t, p0, p1, k, p
+    cdef floating* col
+    cdef floating* yg
+    cdef floating* yk
+    cdef const floating* xg
+    cdef floating bv
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            col = scratch + threadid() * per_thread
+            for it in prange(items, schedule="static"):
+                n = it // (g.G * T)
+                gi = (it // T) % g.G
+                t = it % T
+                p0 = t * tile
+                p1 = _min(p0 + tile, g.P)
+                xg = &x[n, 0] + gi * g.Cg * g.img_plane
+                yg = &y[n, 0] + gi * g.Kg * g.P
+                if pointwise:
+                    gemm_rm(False, False, <int> g.Kg, <int> (p1 - p0), <int> g.Cg, 1,
+                            &w[gi * g.Kg, 0], <int> g.CKK, xg + p0, <int> g.P, 0,
+                            yg + p0, <int> g.P)
+                else:
+                    im2col_nd(xg, col, &g, 0, g.CKK, p0, p1)
+                    gemm_rm(False, False, <int> g.Kg, <int> (p1 - p0), <int> g.CKK, 1,
+                            &w[gi * g.Kg, 0], <int> g.CKK, col, <int> (p1 - p0), 0,
+                            yg + p0, <int> g.P)
+                if has_bias:
+                    for k in range(g.Kg):
+                        bv = b[gi * g.Kg + k]
+                        yk = yg + k * g.P
+                        for p in range(p0, p1):
+                            yk[p] = yk[p] + bv
+    finally:
+        free(scratch)
+
+
+def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
+                        const floating[::1] b, floating[:, ::1] gx, tuple geom,
+                        Py_ssize_t n_threads, Py_ssize_t ws_bytes):
+    """gx[n] = conv_input(gy[n], w) (+ b): the input gradient / transposed convolution.
+
+    gy (N, C_col * P), w (C_col, CKK), b (C_img,) or empty, gx (N, C_img * D*H*W).
+    """
+    cdef Geom g = make_geom(geom)
+    cdef Py_ssize_t N = gy.shape[0]
+    cdef bint has_bias = b.shape[0] > 0
+    # Channel blocks per (n, g): enough to feed the threads; rows per GEMM chunk: within
+    # the workspace (whole channels when possible, at least one row).
+    cdef Py_ssize_t CB = _min(g.Cg, _max(1, (n_threads + N * g.G - 1) // (N * g.G)))
+    cdef Py_ssize_t cpb = (g.Cg + CB - 1) // CB
+    CB = (g.Cg + cpb - 1) // cpb
+    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
+    cdef Py_ssize_t rows = _max(1, _min(cpb * g.KK, budget // g.P))
+    cdef Py_ssize_t items = N * g.G * CB
+    cdef floating* scratch = _scratch(n_threads, rows * g.P, <floating> 0)
+    cdef Py_ssize_t it, n, gi, cb, c0, c1, r0, r1, rr, c
+    cdef floating* col
+    cdef floating* xg
+    cdef const floating* gyg
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            col = scratch + threadid() * rows * g.P
+            for it in prange(items, schedule="static"):
+                n = it // (g.G * CB)
+                gi = (it // CB) % g.G
+                cb = it % CB
+                c0 = cb * cpb
+                c1 = _min(c0 + cpb, g.Cg)
+                xg = &gx[n, 0] + gi * g.Cg * g.img_plane
+                gyg = &gy[n, 0] + gi * g.Kg * g.P
+                for c in range(c0, c1):
+                    if has_bias:
+                        for rr in range(g.img_plane):
+                            xg[c * g.img_plane + rr] = b[gi * g.Cg + c]
+                    else:
+                        memset(xg + c * g.img_plane, 0, g.img_plane * sizeof(floating))
+                r0 = c0 * g.KK
+                while r0 < c1 * g.KK:
+                    r1 = _min(r0 + rows, c1 * g.KK)
+                    # col[r0:r1, :] = W[g][:, r0:r1]^T @ gy[n, g]
+                    gemm_rm(True, False, <int> (r1 - r0), <int> g.P, <int> g.Kg, 1,
+                            &w[gi * g.Kg, 0] + r0, <int> g.CKK, gyg, <int> g.P, 0,
+                            col, <int> g.P)
+                    col2im_nd(col, xg, &g, r0, r1)
+                    r0 = r1
+    finally:
+        free(scratch)
+
+
+def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
+                         floating[:, ::1] gw, tuple geom, Py_ssize_t n_threads,
+                         Py_ssize_t ws_bytes):
+    """gw = sum_n gy[n] @ col(x[n])^T per group, im2col + GEMM.
+
+    x (N, C_img * D*H*W), gy (N, C_col * P), gw (C_col, CKK) overwritten.
+    """
+    cdef Geom g = make_geom(geom)
+    cdef Py_ssize_t N = x.shape[0]
+    cdef Py_ssize_t tile = _min(g.P, WGRAD_TILE)
+    cdef Py_ssize_t T = (g.P + tile - 1) // tile
+    cdef Py_ssize_t wsize = g.C_col * g.CKK
+    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
+    cdef Py_ssize_t rows = _max(1, _min(g.CKK, budget // tile))
+    cdef Py_ssize_t items = N * g.G * T
+    cdef Py_ssize_t nt = _max(1, _min(n_threads, items))
+    # Per thread: its column chunk, then its partial weight gradient (padded to 64 bytes
+    # so no two threads share a cache line).
+    cdef Py_ssize_t part = (wsize + 15) // 16 * 16
+    cdef Py_ssize_t per_thread = rows * tile + part
+    cdef floating* scratch = _scratch(nt, per_thread, <floating> 0)
+    cdef Py_ssize_t it, n, gi, t, p0, p1, r0, r1, i, j
+    cdef floating* col
+    cdef floating* acc
+    cdef floating s
+    cdef floating* out = &gw[0, 0]
+    for j in range(nt):
+        memset(scratch + j * per_thread + rows * tile, 0, wsize * sizeof(floating))
+    try:
+        with nogil, parallel(num_threads=nt):
+            col = scratch + threadid() * per_thread
+            acc = col + rows * tile
+            for it in prange(items, schedule="static"):
+                n = it // (g.G * T)
+                gi = (it // T) % g.G
+                t = it % T
+                p0 = t * tile
+                p1 = _min(p0 + tile, g.P)
+                r0 = 0
+                while r0 < g.CKK:
+                    r1 = _min(r0 + rows, g.CKK)
+                    im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1)
+                    # acc[g][:, r0:r1] += gy[n, g][:, p0:p1] @ col^T
+                    gemm_rm(False, True, <int> g.Kg, <int> (r1 - r0), <int> (p1 - p0), 1,
+                            &gy[n, 0] + gi * g.Kg * g.P + p0, <int> g.P, col,
+                            <int> (p1 - p0), 1, acc + gi * g.Kg * g.CKK + r0, <int> g.CKK)
+                    r0 = r1
+        # Reduce the partials in thread order, in parallel over weight elements.
+        for i in prange(wsize, nogil=True, num_threads=nt, schedule="static"):
+            s = scratch[rows * tile + i]
+            for j in range(1, nt):
+                s = s + scratch[j * per_thread + rows * tile + i]
+            out[i] = s
+    finally:
+        free(scratch)
