@@ -10,3 +10,5 @@ from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpos
                          conv_transpose3d)
 
 __version__ = "0.1.0"
+from . import nn, optim  # noqa: E402  (layers and optimizers: cyconv.nn, cyconv.optim)
+from ._random import manual_seed  # noqa: E402
