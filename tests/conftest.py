@@ -375,7 +375,7 @@ def torch_conv(case, x, w, b=None, gy=None):
     """
     torch = _torch()
     F = torch.nn.functional
-    t = lambda a: None if a is None else torch.tensor(to_numpy(a), dtype=torch.float64)  # noqa
+    t = lambda a: None if a is None else torch.tensor(np.ascontiguousarray(to_numpy(a)), dtype=torch.float64)  # noqa
     xt, wt, bt = t(x), t(w), t(b)
     if gy is not None:
         for a in (xt, wt, bt):
@@ -398,7 +398,7 @@ def torch_conv_transpose(case, x, w, b=None, gy=None):
     """``torch.nn.functional.conv_transpose{nd}d`` in float64 (and autograd with ``gy``)."""
     torch = _torch()
     F = torch.nn.functional
-    t = lambda a: None if a is None else torch.tensor(to_numpy(a), dtype=torch.float64)  # noqa
+    t = lambda a: None if a is None else torch.tensor(np.ascontiguousarray(to_numpy(a)), dtype=torch.float64)  # noqa
     xt, wt, bt = t(x), t(w), t(b)
     if gy is not None:
         for a in (xt, wt, bt):
