@@ -655,9 +655,12 @@ def _run_case(s, direction, dtype, algs, torch, rng, threads, repeats, min_time,
     row["ms"] = {k: statistics.median(v) * 1e3 for k, v in times.items()}
     row["samples_ms"] = {k: [t * 1e3 for t in v] for k, v in times.items()}
     if "torch" in times:
+        row["ratio_range"] = {}
         for name in times:
             if name.startswith("cyconv"):
                 row["ratio_vs_torch"][name] = median_ratio(times[name], times["torch"])
+                each = [a / b for a, b in zip(times[name], times["torch"])]
+                row["ratio_range"][name] = [min(each), max(each)]
     if "numpy" in times and "cyconv" in times:
         row["speedup_vs_numpy"] = median_ratio(times["numpy"], times["cyconv"])
     return row
