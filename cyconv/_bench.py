@@ -46,7 +46,7 @@ from pathlib import Path
 import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
-from ._params import conv_params
+from ._params import ConvParams, conv_params
 
 #: every direction, in conv terms (``transposed`` is a transposed convolution's forward).
 DIRECTIONS = ("forward", "backward_input", "backward_weight", "transposed")
@@ -283,7 +283,7 @@ class Case:
     shape: BenchShape
     direction: str
     dtype: np.dtype
-    p: object = None
+    p: ConvParams = None
     arrays: dict = field(default_factory=dict)
     contenders: dict = field(default_factory=dict)
 
@@ -372,9 +372,11 @@ def _close(a, ref, tol):
     ref = np.asarray(ref)
     if a.shape != ref.shape:
         return False, f"shape {a.shape} != {ref.shape}"
-    scale = float(np.max(np.abs(ref))) if ref.size else 0.0
-    ok = bool(np.allclose(a, ref, rtol=tol, atol=tol * max(scale, 1e-30)))
-    err = float(np.max(np.abs(a.astype(np.float64) - ref))) / max(scale, 1e-30) if a.size else 0.0
+    if not a.size:
+        return True, "empty"
+    scale = max(float(np.max(np.abs(ref))), 1e-30)
+    ok = bool(np.allclose(a, ref, rtol=tol, atol=tol * scale))
+    err = float(np.max(np.abs(a.astype(np.float64) - ref))) / scale
     return ok, f"max err {err:.1e} of max|ref|"
 
 
@@ -397,9 +399,10 @@ def _numpy_reference_check(case: Case, result, tol, rng):
         return numpy_conv(img, weight, p.stride, p.padding, p.dilation, p.G)
 
     r = np.asarray(result)
-    if r.shape != tuple(case.p.w_shape if case.direction == "backward_weight" else
-                        (p.y_shape if case.direction in ("forward", "transposed") else p.x_shape)):
-        return False, f"wrong result shape {r.shape}"
+    expected = {"forward": p.y_shape, "transposed": p.y_shape, "backward_input": p.x_shape,
+                "backward_weight": p.w_shape}[case.direction]
+    if r.shape != expected:
+        return False, f"result shape {r.shape} != {expected}"
     rd = r.astype(np.float64)
     probe = rng.standard_normal(r.shape)
     if not s.transposed:
