@@ -169,6 +169,10 @@ FULL_EXTRA_SHAPES = (
     shape("video_conv3d", 2, 64, (8, 56, 56), 64, 3, 1, 1, note="video 3-D conv"),
     shape("vocoder_convT1d", 4, 512, 1024, 256, 16, 8, 4, transposed=True,
           note="vocoder upsampling"),
+    shape("istft_convT1d", 1, 1026, 224, 1, 1024, 256, transposed=True,
+          note="large kernel and stride (pytorch#120982)"),
+    shape("long_convT1d", 1, 64, 40000, 32, 4, 2, 1, transposed=True,
+          note="long signal (pytorch#41382)"),
 ) + tuple(
     shape(f"dilated3x3_d{d}", 8, 64, (56, 56), 64, 3, 1, d, d, note="dilation sweep")
     for d in (1, 2, 4, 8, 16, 32))
