@@ -359,3 +359,353 @@ def array_module_name(op: str, *arrays) -> str:
         raise TypeError(f"{op}: arrays mix NumPy (CPU) and CuPy (GPU); move them to one "
                         f"device first (cupy.asarray / cupy.asnumpy)")
     return kinds.pop() if kinds else "numpy"
+
+
+# ---- pooling, padding, linear ----
+#
+# Pooling follows PyTorch's ``pooling_output_shape`` and ``pool2d_shape_check``:
+#   out = floor((in + 2 * padding - dilation * (kernel - 1) - 1 [+ stride - 1]) / stride) + 1
+# where the bracket is added in ceil mode, and in ceil mode the last window is dropped when
+# it would start in the right padding: ``if (out - 1) * stride >= in + padding: out -= 1``.
+# padding <= kernel_size // 2 in every dim.
+
+_POOL_FAMILY = {"max": "max_pool", "avg": "avg_pool", "adaptive_avg": "adaptive_avg_pool"}
+
+
+def _pool_tuple(op: str, name: str, value, nd: int) -> tuple:
+    """An int, or a tuple of 1 or ``nd`` ints (PyTorch broadcasts a 1-tuple) -> ``nd`` ints."""
+    if isinstance(value, (tuple, list)) and len(value) == 1 and nd > 1 and is_int(value[0]):
+        return (int(value[0]),) * nd
+    return int_tuple(op, name, value, nd)
+
+
+def size_tuple(op: str, name: str, size) -> tuple:
+    """A shape argument (tuple, list or torch.Size of ints) -> a tuple of Python ints."""
+    if (isinstance(size, (tuple, list)) or type(size).__name__ == "Size") and all(
+            is_int(v) for v in size):
+        out = tuple(int(v) for v in size)
+        if all(v >= 0 for v in out):
+            return out
+    raise ValueError(f"{op}: {name} must be a tuple of non-negative ints, got {size!r}")
+
+
+def _pool_input(op: str, nd: int, x_shape, what: str):
+    """(batched, N, C, in_size) of a pooling input of shape (N, C, *in) or (C, *in)."""
+    x_shape = _shape(x_shape)
+    if len(x_shape) not in (nd + 1, nd + 2):
+        raise ValueError(
+            f"{op} expects {what} of {nd + 1}-D {_UNBATCHED_NAMES[nd]} or {nd + 2}-D "
+            f"{_DIM_NAMES[nd]} shape, got {len(x_shape)}-D {x_shape}")
+    batched = len(x_shape) == nd + 2
+    if any(v < 1 for v in x_shape[-nd - 1:]):
+        raise ValueError(f"{op}: {what} {x_shape} has an empty channel or spatial dimension; "
+                         f"only the batch dimension may be 0")
+    return batched, (x_shape[0] if batched else 1), x_shape[-nd - 1], x_shape[-nd:]
+
+
+@dataclass(frozen=True)
+class PoolParams:
+    """A checked max or average pooling.
+
+    ``padding`` holds one (symmetric) amount per spatial dim, as in PyTorch;
+    ``divisor_override`` is None or a non-zero int (average pooling only).
+    """
+    op: str
+    nd: int
+    kind: str                # "max" or "avg"
+    batched: bool
+    N: int
+    C: int
+    in_size: tuple
+    out_size: tuple
+    kernel_size: tuple
+    stride: tuple
+    padding: tuple
+    dilation: tuple
+    ceil_mode: bool
+    count_include_pad: bool = True
+    divisor_override: object = None
+
+    @property
+    def x_shape(self) -> tuple:
+        return ((self.N,) if self.batched else ()) + (self.C,) + self.in_size
+
+    @property
+    def y_shape(self) -> tuple:
+        return ((self.N,) if self.batched else ()) + (self.C,) + self.out_size
+
+    @property
+    def planes(self) -> int:
+        """Independent (sample, channel) planes: N * C."""
+        return self.N * self.C
+
+    def geometry(self) -> tuple:
+        """The pooling padded to 3 spatial dims, as the kernels read it.
+
+        (D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD, DH, DW).
+        """
+        lead = 3 - self.nd
+        return ((1,) * lead + self.in_size + (1,) * lead + self.out_size
+                + (1,) * lead + self.kernel_size + (1,) * lead + self.stride
+                + (0,) * lead + self.padding + (1,) * lead + self.dilation)
+
+
+def pool_params(op: str, nd: int, kind: str, x_shape, kernel_size, stride=None, padding=0,
+                dilation=1, ceil_mode=False, count_include_pad=True, divisor_override=None,
+                what: str = "input") -> PoolParams:
+    """Check and normalise the arguments of ``max_pool{nd}d`` / ``avg_pool{nd}d``.
+
+    ``x_shape`` is the pooling input's shape (batched or not); ``what`` names it in
+    messages ("input", or "input_size" for a gradient).
+    """
+    batched, N, C, in_size = _pool_input(op, nd, x_shape, what)
+    x_shape = _shape(x_shape)
+    k = _pool_tuple(op, "kernel_size", kernel_size, nd)
+    if stride is None or (isinstance(stride, (tuple, list)) and len(stride) == 0):
+        s = k
+    else:
+        s = _pool_tuple(op, "stride", stride, nd)
+    p = _pool_tuple(op, "padding", padding, nd)
+    d = _pool_tuple(op, "dilation", dilation, nd)
+    if any(v < 1 for v in k):
+        raise ValueError(f"{op}: kernel_size must be positive, got {k} ({what} {x_shape})")
+    if any(v < 1 for v in s):
+        raise ValueError(f"{op}: stride must be positive, got {s} ({what} {x_shape})")
+    if any(v < 1 for v in d):
+        raise ValueError(f"{op}: dilation must be positive, got {d} ({what} {x_shape})")
+    if any(v < 0 for v in p):
+        raise ValueError(f"{op}: padding must be non-negative, got {p} ({what} {x_shape})")
+    if any(pv > kv // 2 for pv, kv in zip(p, k)):
+        raise ValueError(f"{op}: padding {p} must be at most half of kernel_size {k} "
+                         f"(padding <= kernel_size // 2 in every dim; {what} {x_shape})")
+    if divisor_override is not None and (not is_int(divisor_override)
+                                         or int(divisor_override) == 0):
+        raise ValueError(f"{op}: divisor_override must be a non-zero int or None, "
+                         f"got {divisor_override!r}")
+    ceil_mode = bool(ceil_mode)
+    out = []
+    for n_in, kv, sv, pv, dv in zip(in_size, k, s, p, d):
+        span = n_in + 2 * pv - dv * (kv - 1) - 1
+        o = (span + (sv - 1 if ceil_mode else 0)) // sv + 1
+        if ceil_mode and (o - 1) * sv >= n_in + pv:
+            o -= 1
+        out.append(o)
+    out = tuple(out)
+    if any(o < 1 for o in out):
+        raise ValueError(
+            f"{op}: output size {out} is too small for {what} {x_shape} (kernel_size {k}, "
+            f"stride {s}, padding {p}, dilation {d}, ceil_mode={ceil_mode}); per dim, "
+            f"out = floor((in + 2 * padding - dilation * (kernel_size - 1) - 1) / stride) + 1 "
+            f"must be >= 1")
+    return PoolParams(op=op, nd=nd, kind=kind, batched=batched, N=N, C=C, in_size=in_size,
+                      out_size=out, kernel_size=k, stride=s, padding=p, dilation=d,
+                      ceil_mode=ceil_mode, count_include_pad=bool(count_include_pad),
+                      divisor_override=None if divisor_override is None
+                      else int(divisor_override))
+
+
+@dataclass(frozen=True)
+class PoolShape:
+    """The (N, C, in_size) -> (N, C, out_size) shape of a pooling without a kernel
+    geometry: an adaptive average pooling (output cell ``o`` of a dim averages the input
+    range [floor(o * in / out), ceil((o + 1) * in / out))), or a max-pool gradient, whose
+    windows are given by the indices."""
+    op: str
+    nd: int
+    batched: bool
+    N: int
+    C: int
+    in_size: tuple
+    out_size: tuple
+
+    @property
+    def x_shape(self) -> tuple:
+        return ((self.N,) if self.batched else ()) + (self.C,) + self.in_size
+
+    @property
+    def y_shape(self) -> tuple:
+        return ((self.N,) if self.batched else ()) + (self.C,) + self.out_size
+
+    @property
+    def planes(self) -> int:
+        return self.N * self.C
+
+    def geometry(self) -> tuple:
+        """(D, H, W, OD, OH, OW): the sizes padded to 3 spatial dims."""
+        lead = 3 - self.nd
+        return (1,) * lead + self.in_size + (1,) * lead + self.out_size
+
+
+def adaptive_pool_params(op: str, nd: int, x_shape, output_size,
+                         what: str = "input") -> PoolShape:
+    """Check ``output_size`` (an int, or a tuple of ``nd`` ints or None) of an adaptive
+    pooling; None keeps that input size, 0 gives an empty output."""
+    batched, N, C, in_size = _pool_input(op, nd, x_shape, what)
+    if is_int(output_size):
+        out = (int(output_size),) * nd
+    elif (isinstance(output_size, (tuple, list)) and len(output_size) == nd
+          and all(v is None or is_int(v) for v in output_size)):
+        out = tuple(i if v is None else int(v) for v, i in zip(output_size, in_size))
+    else:
+        raise ValueError(f"{op}: output_size must be an int or a tuple of {nd} ints or None, "
+                         f"got {output_size!r}")
+    if any(v < 0 for v in out):
+        raise ValueError(f"{op}: output_size must be non-negative, got {output_size!r} "
+                         f"({what} {_shape(x_shape)})")
+    return PoolShape(op=op, nd=nd, batched=batched, N=N, C=C, in_size=in_size, out_size=out)
+
+
+def pool_grad_shape(op: str, nd: int, input_size, grad_output_shape) -> PoolShape:
+    """The shape of a pooling gradient whose output size is read from ``grad_output``
+    (max-pool and adaptive-pool gradients): grad_output must be (N, C, *out) for an
+    ``input_size`` of (N, C, *in), or (C, *out) for (C, *in)."""
+    input_size = size_tuple(op, "input_size", input_size)
+    batched, N, C, in_size = _pool_input(op, nd, input_size, "input_size")
+    gy_shape = _shape(grad_output_shape)
+    if len(gy_shape) != len(input_size) or gy_shape[:-nd] != input_size[:-nd]:
+        lead = "(N, C)" if batched else "(C,)"
+        raise ValueError(f"{op}: grad_output has shape {gy_shape}, expected {len(input_size)} "
+                         f"dims with the {lead} of input_size {input_size}")
+    return PoolShape(op=op, nd=nd, batched=batched, N=N, C=C, in_size=in_size,
+                     out_size=gy_shape[-nd:])
+
+
+def check_indices(op: str, indices, grad_output_shape) -> None:
+    """The ``indices`` of a max-pool gradient: an integer array shaped like grad_output."""
+    dt = np.dtype(indices.dtype)
+    if dt.kind not in "iu":
+        raise TypeError(f"{op}: indices must be an integer array (int64, as returned by "
+                        f"return_indices=True), got {dt.name}")
+    if tuple(indices.shape) != tuple(grad_output_shape):
+        raise ValueError(f"{op}: indices has shape {tuple(indices.shape)}, but grad_output "
+                         f"has shape {tuple(grad_output_shape)}")
+
+
+_PAD_MODES = ("constant", "reflect", "replicate", "circular")
+
+
+@dataclass(frozen=True)
+class PadParams:
+    """A checked ``pad``: ``pairs[i]`` is the (before, after) amount of input dim ``i``
+    (all dims, zeros where the pad tuple does not reach), negative amounts crop."""
+    op: str
+    mode: str
+    value: float
+    in_shape: tuple
+    out_shape: tuple
+    pairs: tuple
+
+    @property
+    def padded_dims(self) -> tuple:
+        """The dims whose size or content the op changes, innermost last."""
+        return tuple(i for i, pr in enumerate(self.pairs) if pr != (0, 0))
+
+    def source_map(self, dim: int) -> np.ndarray:
+        """int64 array of length ``out_shape[dim]``: the input index each output index of
+        ``dim`` reads, or -1 where it holds the constant ``value``.
+
+        constant: i = o - before, -1 outside [0, in); replicate: clamp(i, 0, in - 1);
+        reflect: -i below 0, 2 * (in - 1) - i above; circular: crop the negative amounts
+        first, then wrap around the cropped range (PyTorch's order).
+        """
+        n_in = self.in_shape[dim]
+        before, after = self.pairs[dim]
+        i = np.arange(self.out_shape[dim], dtype=np.int64) - before
+        if self.mode == "constant":
+            return np.where((i >= 0) & (i < n_in), i, -1)
+        if self.mode == "replicate":
+            return np.clip(i, 0, n_in - 1)
+        if self.mode == "reflect":
+            i = np.abs(i)
+            return np.where(i >= n_in, 2 * (n_in - 1) - i, i)
+        lo = max(0, -before)                            # circular
+        kept = n_in - lo - max(0, -after)
+        return lo + np.mod(np.arange(self.out_shape[dim], dtype=np.int64) - max(0, before),
+                           kept)
+
+
+def pad_params(op: str, x_shape, pad, mode="constant", value=0.0,
+               what: str = "input") -> PadParams:
+    """Check the arguments of ``pad`` (``F.pad``'s: the pad tuple runs from the last dim
+    backwards, two amounts per dim)."""
+    x_shape = _shape(x_shape)
+    if mode not in _PAD_MODES:
+        raise ValueError(f"{op}: unknown mode {mode!r}; expected one of "
+                         f"{', '.join(map(repr, _PAD_MODES))}")
+    if not (isinstance(pad, (tuple, list)) and len(pad) % 2 == 0
+            and all(is_int(v) for v in pad)):
+        raise ValueError(f"{op}: pad must be a tuple of an even number of ints "
+                         f"(before, after for the last dim first), got {pad!r}")
+    if len(pad) // 2 > len(x_shape):
+        raise ValueError(f"{op}: pad {tuple(pad)} has {len(pad) // 2} (before, after) pairs, "
+                         f"but {what} {x_shape} has only {len(x_shape)} dims")
+    if mode != "constant" and value is not None and value != 0:
+        raise ValueError(f"{op}: mode {mode!r} takes no value argument, got value={value!r}")
+    try:
+        value = 0.0 if value is None else float(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{op}: value must be a number, got {value!r}") from None
+    pairs = [(0, 0)] * len(x_shape)
+    for j in range(len(pad) // 2):
+        pairs[len(x_shape) - 1 - j] = (int(pad[2 * j]), int(pad[2 * j + 1]))
+    out = []
+    for dim, (n_in, pr) in enumerate(zip(x_shape, pairs)):
+        o = n_in + pr[0] + pr[1]
+        if pr != (0, 0) and mode != "constant":
+            if n_in < 1:
+                raise ValueError(f"{op}: {mode} padding {pr} on dim {dim} needs a non-empty "
+                                 f"{what} dim, got {what} {x_shape}")
+            if mode == "reflect" and (pr[0] >= n_in or pr[1] >= n_in):
+                raise ValueError(f"{op}: reflect padding {pr} on dim {dim} must be < "
+                                 f"{what} size {n_in}")
+            if mode == "circular":
+                kept = n_in - max(0, -pr[0]) - max(0, -pr[1])
+                if kept < 1:
+                    raise ValueError(f"{op}: circular padding {pr} on dim {dim} crops away "
+                                     f"all of {what} size {n_in}")
+                if pr[0] > kept or pr[1] > kept:
+                    size = (f"{what} size {n_in}" if kept == n_in
+                            else f"the cropped {what} size {kept}")
+                    raise ValueError(f"{op}: circular padding {pr} on dim {dim} must be <= "
+                                     f"{size}")
+            if o < 1:
+                raise ValueError(f"{op}: {mode} padding {pr} on dim {dim} leaves no element "
+                                 f"of {what} {x_shape}")
+        if o < 0:
+            raise ValueError(f"{op}: padding {pr} on dim {dim} gives a negative size "
+                             f"{o} for {what} {x_shape}")
+        out.append(o)
+    return PadParams(op=op, mode=mode, value=value, in_shape=x_shape, out_shape=tuple(out),
+                     pairs=tuple(pairs))
+
+
+@dataclass(frozen=True)
+class LinearParams:
+    """A checked ``linear``: input (*, in_features), weight (out_features, in_features)."""
+    op: str
+    lead_shape: tuple
+    in_features: int
+    out_features: int
+
+    @property
+    def y_shape(self) -> tuple:
+        return self.lead_shape + (self.out_features,)
+
+
+def linear_params(op: str, x_shape, w_shape, b_shape=None) -> LinearParams:
+    """Check the shapes of ``linear(input, weight, bias)``."""
+    x_shape, w_shape = _shape(x_shape), _shape(w_shape)
+    if len(w_shape) != 2:
+        raise ValueError(f"{op}: weight must be 2-D (out_features, in_features), got "
+                         f"{len(w_shape)}-D {w_shape} (input {x_shape})")
+    if len(x_shape) < 1:
+        raise ValueError(f"{op}: input must have at least 1 dim (*, in_features), got shape "
+                         f"{x_shape}")
+    if x_shape[-1] != w_shape[1]:
+        raise ValueError(f"{op}: input {x_shape} has {x_shape[-1]} features in its last dim, "
+                         f"but weight {w_shape} expects {w_shape[1]}")
+    if b_shape is not None and _shape(b_shape) != (w_shape[0],):
+        raise ValueError(f"{op}: bias must have shape ({w_shape[0]},), got {_shape(b_shape)} "
+                         f"(weight {w_shape})")
+    return LinearParams(op=op, lead_shape=x_shape[:-1], in_features=w_shape[1],
+                        out_features=w_shape[0])
