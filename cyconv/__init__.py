@@ -12,3 +12,6 @@ from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpos
 __version__ = "0.1.0"
 from . import nn, optim  # noqa: E402  (layers and optimizers: cyconv.nn, cyconv.optim)
 from ._random import manual_seed  # noqa: E402
+from .functional import (adaptive_avg_pool1d, adaptive_avg_pool2d,  # noqa: E402
+                         adaptive_avg_pool3d, avg_pool1d, avg_pool2d, avg_pool3d, linear,
+                         max_pool1d, max_pool2d, max_pool3d, pad, relu)

@@ -106,3 +106,12 @@ def _make(nd):
 conv1d, conv_transpose1d = _make(1)
 conv2d, conv_transpose2d = _make(2)
 conv3d, conv_transpose3d = _make(3)
+
+# ---- pooling, padding, ReLU, linear (cyconv/_pool.py) ----
+from ._pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3d,  # noqa: E402
+                    avg_pool1d, avg_pool2d, avg_pool3d, linear, max_pool1d, max_pool2d,
+                    max_pool3d, pad, relu)
+
+__all__ += ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "relu",
+            "linear", "pad"]

@@ -110,3 +110,19 @@ def bias(grad_output, channel_axis=1):
                          f"of shape {tuple(grad_output.shape)}")
     axes = tuple(a for a in range(nd) if a != channel_axis % nd)
     return _dispatch.backend(xp_name).bias_grad(grad_output, axes)
+
+# ---- pooling, padding, ReLU (cyconv/_pool.py) ----
+from ._pool import grad_adaptive_avg_pool1d as adaptive_avg_pool1d  # noqa: E402
+from ._pool import grad_adaptive_avg_pool2d as adaptive_avg_pool2d  # noqa: E402
+from ._pool import grad_adaptive_avg_pool3d as adaptive_avg_pool3d  # noqa: E402
+from ._pool import grad_avg_pool1d as avg_pool1d  # noqa: E402
+from ._pool import grad_avg_pool2d as avg_pool2d  # noqa: E402
+from ._pool import grad_avg_pool3d as avg_pool3d  # noqa: E402
+from ._pool import grad_max_pool1d as max_pool1d  # noqa: E402
+from ._pool import grad_max_pool2d as max_pool2d  # noqa: E402
+from ._pool import grad_max_pool3d as max_pool3d  # noqa: E402
+from ._pool import grad_pad as pad  # noqa: E402
+from ._pool import grad_relu as relu  # noqa: E402
+
+__all__ += ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
+            "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "relu", "pad"]
