@@ -1,189 +1,334 @@
 """Direct-loop convolution kernels: forward, input gradient, weight gradient.
 
-No column matrix and no GEMM: each thread owns whole output rows and runs, per kernel
-tap, a unit-stride "axpy" over the row that the compiler vectorises (with AVX2+FMA in the
-``cyconv._ext.avx2`` build).  This is the fast path where a GEMM has nothing to reuse:
-depthwise and thin-group convolutions, and very small channel counts.
-
-Every array is C-contiguous and every shape already checked (``cyconv._params``).
+No column matrix and no GEMM.  This is the fast path where a GEMM has nothing to reuse:
+depthwise and thin-group convolutions, and very small channel counts.  Every array is
+C-contiguous and every shape already checked (``cyconv._params``).
 
 Notes
 -----
-For output row (n, k, od, oh) and tap (c, kd, kh, kw) the forward pass adds
-``w[k, c, kd, kh, kw] * x[n, c, idd, ih, ow*SW + kw*DW - PW]`` over the ``ow`` for which
-the input column is inside the image (``_geom.valid_range``), with
-``idd = od*SD - PD + kd*DD`` and ``ih = oh*SH - PH + kh*DH``; taps whose row falls in the
-padding contribute nothing.  The input gradient is the same sum gathered from the other
-side (each thread owns input rows: no atomics, no races), and the weight gradient keeps
-one row of partial sums per tap, summed once at the end, so every weight element is
-computed by one thread in a fixed order: bit-identical for any thread count.
+Each work item copies the image planes it reads into a zero-padded per-thread buffer
+``xp`` of extent (Dp, Hp, Wp), so no tap ever needs a bounds test.  Outputs are then
+computed on a *wide* grid whose rows are Wp long (when the width stride is 1): output
+row (od, oh) of width OW sits inside a row of width Wp, and for one kernel tap
+(kd, kh, kw) the whole plane update
+
+    yw[od, oh, j] += w[k, c, kd, kh, kw] * xp[c, od*SD + kd*DD, oh*SH + kh*DH, j + kw*DW]
+
+is, when SH == 1, one contiguous axpy of OH * Wp elements, which the compiler vectorises
+(AVX2+FMA in the ``cyconv._ext.avx2`` build).  The columns j >= OW are scratch and are
+dropped when the wide plane is cropped into y.  With a width stride > 1 the same runs
+row by row over the OW real columns.
+
+* forward: an item is one (sample, group); it pads the group's Cg input planes once and
+  produces its Kg output planes one by one.
+* input gradient: an item is one (sample, group); the output gradient of each of the Kg
+  channels is staged on the wide grid (zeros beyond OW) and scattered tap by tap into
+  the padded gradient planes, which are cropped into gx at the end.  Each thread owns
+  its planes: no atomics, no races.
+* weight gradient: an item is one (group, input channel); for every sample it pads that
+  channel's plane, and each weight is a dot product over the wide grid, summed over the
+  samples in order.  Every weight is computed by one thread in a fixed order, so the
+  result is bit-identical for any thread count.
+
+Padding taps read real zeros (0 * w), exactly like the im2col path, so NaN and Inf
+weights propagate the same way in both algorithms.
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
-from libc.string cimport memset
+from libc.string cimport memset, memcpy
 
 from cyconv._ext._types cimport floating
-from cyconv._ext._geom cimport Geom, make_geom, valid_range
+from cyconv._ext._geom cimport Geom, make_geom
+
+
+cdef struct Pad:
+    Py_ssize_t Dp, Hp, Wp     # padded plane extent
+    Py_ssize_t plane          # Dp * Hp * Wp + slack for the wide rows' overhang
+    Py_ssize_t L              # wide row length: Wp when SW == 1, else OW
+    Py_ssize_t wide           # OD * OH * L
+
+
+cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef Pad make_pad(const Geom* g) noexcept nogil:
+    cdef Pad q
+    q.Dp = _max(g.D + g.PD, (g.OD - 1) * g.SD + (g.KD - 1) * g.DD + 1)
+    q.Hp = _max(g.H + g.PH, (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1)
+    q.Wp = _max(g.W + g.PW, (g.OW - 1) * g.SW + (g.KW - 1) * g.DW + 1)
+    q.plane = q.Dp * q.Hp * q.Wp + (g.KW - 1) * g.DW + q.Wp
+    q.L = q.Wp if g.SW == 1 else g.OW
+    q.wide = g.OD * g.OH * q.L
+    return q
+
+
+cdef void pad_plane(const floating* x, floating* xp, const Geom* g, const Pad* q) noexcept nogil:
+    """xp = x zero-padded: xp[PD + d, PH + h, PW + w] = x[d, h, w], zeros elsewhere."""
+    cdef Py_ssize_t d, h
+    memset(xp, 0, q.plane * sizeof(floating))
+    for d in range(g.D):
+        for h in range(g.H):
+            memcpy(xp + ((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW,
+                   x + (d * g.H + h) * g.W, g.W * sizeof(floating))
+
+
+cdef void crop_plane(const floating* xp, floating* x, floating bias, const Geom* g,
+                     const Pad* q) noexcept nogil:
+    """x[d, h, w] = xp[PD + d, PH + h, PW + w] + bias (the adjoint of pad_plane)."""
+    cdef Py_ssize_t d, h, i
+    cdef const floating* src
+    cdef floating* dst
+    for d in range(g.D):
+        for h in range(g.H):
+            src = xp + ((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW
+            dst = x + (d * g.H + h) * g.W
+            for i in range(g.W):
+                dst[i] = src[i] + bias
+
+
+cdef inline void axpy(floating* y, const floating* x, floating a, Py_ssize_t n) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        y[i] = y[i] + a * x[i]
+
+
+cdef inline floating dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
+    """sum(x * y) with eight interleaved partial sums (vectorisable, fixed order)."""
+    cdef floating s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        s0 = s0 + x[i] * y[i]
+        s1 = s1 + x[i + 1] * y[i + 1]
+        s2 = s2 + x[i + 2] * y[i + 2]
+        s3 = s3 + x[i + 3] * y[i + 3]
+        s4 = s4 + x[i + 4] * y[i + 4]
+        s5 = s5 + x[i + 5] * y[i + 5]
+        s6 = s6 + x[i + 6] * y[i + 6]
+        s7 = s7 + x[i + 7] * y[i + 7]
+        i = i + 8
+    while i < n:
+        s0 = s0 + x[i] * y[i]
+        i = i + 1
+    return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
+
+
+cdef void tap_forward(floating* yw, const floating* xp, floating wv, Py_ssize_t kd,
+                      Py_ssize_t kh, Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
+    """yw += wv * (the padded input under tap (kd, kh, kw)) on the wide grid."""
+    cdef Py_ssize_t od, oh, j
+    cdef const floating* src
+    cdef floating* dst
+    for od in range(g.OD):
+        src = xp + ((od * g.SD + kd * g.DD) * q.Hp + kh * g.DH) * q.Wp + kw * g.DW
+        dst = yw + od * g.OH * q.L
+        if g.SW == 1 and g.SH == 1:
+            axpy(dst, src, wv, g.OH * q.Wp)
+        elif g.SW == 1:
+            for oh in range(g.OH):
+                axpy(dst + oh * q.L, src + oh * g.SH * q.Wp, wv, q.L)
+        else:
+            for oh in range(g.OH):
+                for j in range(g.OW):
+                    dst[oh * q.L + j] = dst[oh * q.L + j] + wv * src[oh * g.SH * q.Wp + j * g.SW]
+
+
+cdef void tap_backward(floating* xp, const floating* gw, floating wv, Py_ssize_t kd,
+                       Py_ssize_t kh, Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
+    """The adjoint of tap_forward: xp (under the tap) += wv * gw (wide grid, zero beyond OW)."""
+    cdef Py_ssize_t od, oh, j
+    cdef floating* dst
+    cdef const floating* src
+    for od in range(g.OD):
+        dst = xp + ((od * g.SD + kd * g.DD) * q.Hp + kh * g.DH) * q.Wp + kw * g.DW
+        src = gw + od * g.OH * q.L
+        if g.SW == 1 and g.SH == 1:
+            axpy(dst, src, wv, g.OH * q.Wp)
+        elif g.SW == 1:
+            for oh in range(g.OH):
+                axpy(dst + oh * g.SH * q.Wp, src + oh * q.L, wv, q.L)
+        else:
+            for oh in range(g.OH):
+                for j in range(g.OW):
+                    dst[oh * g.SH * q.Wp + j * g.SW] = (dst[oh * g.SH * q.Wp + j * g.SW]
+                                                        + wv * src[oh * q.L + j])
+
+
+cdef floating tap_dot(const floating* gw, const floating* xp, Py_ssize_t kd, Py_ssize_t kh,
+                      Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
+    """<gw, padded input under the tap> over the wide grid (gw zero beyond OW)."""
+    cdef Py_ssize_t od, oh, j
+    cdef const floating* src
+    cdef const floating* grow
+    cdef floating s = 0, t
+    for od in range(g.OD):
+        src = xp + ((od * g.SD + kd * g.DD) * q.Hp + kh * g.DH) * q.Wp + kw * g.DW
+        grow = gw + od * g.OH * q.L
+        if g.SW == 1 and g.SH == 1:
+            s = s + dot(grow, src, g.OH * q.Wp)
+        elif g.SW == 1:
+            for oh in range(g.OH):
+                s = s + dot(grow + oh * q.L, src + oh * g.SH * q.Wp, q.L)
+        else:
+            for oh in range(g.OH):
+                t = 0
+                for j in range(g.OW):
+                    t = t + grow[oh * q.L + j] * src[oh * g.SH * q.Wp + j * g.SW]
+                s = s + t
+    return s
+
+
+cdef void stage_wide(const floating* gy, floating* gw, const Geom* g, const Pad* q) noexcept nogil:
+    """Copy one output plane onto the wide grid, zeros in the columns j >= OW."""
+    cdef Py_ssize_t r
+    if q.L == g.OW:
+        memcpy(gw, gy, g.P * sizeof(floating))
+        return
+    for r in range(g.OD * g.OH):
+        memcpy(gw + r * q.L, gy + r * g.OW, g.OW * sizeof(floating))
+        memset(gw + r * q.L + g.OW, 0, (q.L - g.OW) * sizeof(floating))
+
+
+cdef void unstage_wide(const floating* yw, floating* y, floating bias, const Geom* g,
+                       const Pad* q) noexcept nogil:
+    """y = the first OW columns of each wide row, plus bias."""
+    cdef Py_ssize_t r, j
+    cdef const floating* src
+    cdef floating* dst
+    for r in range(g.OD * g.OH):
+        src = yw + r * q.L
+        dst = y + r * g.OW
+        for j in range(g.OW):
+            dst[j] = src[j] + bias
+
+
+cdef floating* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread, floating dummy) except NULL:
+    cdef floating* buf = <floating*> malloc(_max(1, n_threads * per_thread) * sizeof(floating))
+    if buf == NULL:
+        raise MemoryError(f"cyconv: could not allocate {n_threads * per_thread * sizeof(floating)}"
+                          f" bytes of direct-convolution workspace")
+    return buf
 
 
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
                  floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes):
-    """y[n] = conv(x[n], w) + b, one (sample, output channel) plane per work item.
+    """y[n] = conv(x[n], w) + b, one (sample, group) per work item.
 
     x (N, C_img * D*H*W), w (C_col, CKK), b (C_col,) or empty, y (N, C_col * P).
     """
     cdef Geom g = make_geom(geom)
+    cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef bint has_bias = b.shape[0] > 0
-    cdef Py_ssize_t it, n, k, gi, od, oh, ow, c, kd, kh, kw, idd, ih, off, lo, hi
-    cdef const floating* xg
+    cdef Py_ssize_t per_thread = g.Cg * q.plane + q.wide
+    cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
+    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw
+    cdef floating* xp = NULL
+    cdef floating* yw
     cdef const floating* wk
-    cdef const floating* xrow
-    cdef floating* yrow
-    cdef floating bv, wv
-    for it in prange(N * g.C_col, nogil=True, num_threads=n_threads, schedule="static"):
-        n = it // g.C_col
-        k = it % g.C_col
-        gi = k // g.Kg
-        xg = &x[n, 0] + gi * g.Cg * g.img_plane
-        wk = &w[k, 0]
-        bv = b[k] if has_bias else 0
-        for od in range(g.OD):
-            for oh in range(g.OH):
-                yrow = &y[n, 0] + k * g.P + (od * g.OH + oh) * g.OW
-                for ow in range(g.OW):
-                    yrow[ow] = bv
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            xp = scratch + threadid() * per_thread
+            yw = xp + g.Cg * q.plane
+            for it in prange(N * g.G, schedule="static"):
+                n = it // g.G
+                gi = it % g.G
                 for c in range(g.Cg):
-                    for kd in range(g.KD):
-                        idd = od * g.SD - g.PD + kd * g.DD
-                        if idd < 0 or idd >= g.D:
-                            continue
-                        for kh in range(g.KH):
-                            ih = oh * g.SH - g.PH + kh * g.DH
-                            if ih < 0 or ih >= g.H:
-                                continue
-                            xrow = xg + ((c * g.D + idd) * g.H + ih) * g.W
-                            for kw in range(g.KW):
-                                wv = wk[((c * g.KD + kd) * g.KH + kh) * g.KW + kw]
-                                off = kw * g.DW - g.PW
-                                valid_range(off, g.SW, g.W, g.OW, &lo, &hi)
-                                if g.SW == 1:
-                                    for ow in range(lo, hi):
-                                        yrow[ow] = yrow[ow] + wv * xrow[ow + off]
-                                else:
-                                    for ow in range(lo, hi):
-                                        yrow[ow] = yrow[ow] + wv * xrow[ow * g.SW + off]
+                    pad_plane(&x[n, 0] + (gi * g.Cg + c) * g.img_plane, xp + c * q.plane,
+                              &g, &q)
+                for k in range(gi * g.Kg, (gi + 1) * g.Kg):
+                    memset(yw, 0, q.wide * sizeof(floating))
+                    wk = &w[k, 0]
+                    for c in range(g.Cg):
+                        for kd in range(g.KD):
+                            for kh in range(g.KH):
+                                for kw in range(g.KW):
+                                    tap_forward(yw, xp + c * q.plane,
+                                                wk[((c * g.KD + kd) * g.KH + kh) * g.KW + kw],
+                                                kd, kh, kw, &g, &q)
+                    unstage_wide(yw, &y[n, 0] + k * g.P, b[k] if has_bias else 0, &g, &q)
+    finally:
+        free(scratch)
 
 
 def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
                         const floating[::1] b, floating[:, ::1] gx, tuple geom,
                         Py_ssize_t n_threads, Py_ssize_t ws_bytes):
-    """gx[n] = conv_input(gy[n], w) (+ b), one (sample, image channel) plane per item.
+    """gx[n] = conv_input(gy[n], w) (+ b), one (sample, group) per work item.
 
     gy (N, C_col * P), w (C_col, CKK), b (C_img,) or empty, gx (N, C_img * D*H*W).
     """
     cdef Geom g = make_geom(geom)
+    cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = gy.shape[0]
     cdef bint has_bias = b.shape[0] > 0
-    cdef Py_ssize_t it, n, c, gi, cl, idd, ih, iw, k, kd, kh, kw, t, od, oh, ow, off, lo, hi
-    cdef floating* gxrow
-    cdef const floating* gyrow
+    cdef Py_ssize_t per_thread = g.Cg * q.plane + q.wide
+    cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
+    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw
+    cdef floating* xp = NULL
+    cdef floating* gw
     cdef const floating* wk
-    cdef floating bv, wv
-    for it in prange(N * g.C_img, nogil=True, num_threads=n_threads, schedule="static"):
-        n = it // g.C_img
-        c = it % g.C_img
-        gi = c // g.Cg
-        cl = c % g.Cg
-        bv = b[c] if has_bias else 0
-        for idd in range(g.D):
-            for ih in range(g.H):
-                gxrow = &gx[n, 0] + ((c * g.D + idd) * g.H + ih) * g.W
-                for iw in range(g.W):
-                    gxrow[iw] = bv
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            xp = scratch + threadid() * per_thread
+            gw = xp + g.Cg * q.plane
+            for it in prange(N * g.G, schedule="static"):
+                n = it // g.G
+                gi = it % g.G
+                memset(xp, 0, g.Cg * q.plane * sizeof(floating))
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                    wk = &w[k, 0] + cl * g.KK
-                    for kd in range(g.KD):
-                        t = idd + g.PD - kd * g.DD
-                        if t < 0 or t % g.SD != 0 or t // g.SD >= g.OD:
-                            continue
-                        od = t // g.SD
-                        for kh in range(g.KH):
-                            t = ih + g.PH - kh * g.DH
-                            if t < 0 or t % g.SH != 0 or t // g.SH >= g.OH:
-                                continue
-                            oh = t // g.SH
-                            gyrow = &gy[n, 0] + k * g.P + (od * g.OH + oh) * g.OW
-                            for kw in range(g.KW):
-                                wv = wk[(kd * g.KH + kh) * g.KW + kw]
-                                off = kw * g.DW - g.PW
-                                valid_range(off, g.SW, g.W, g.OW, &lo, &hi)
-                                if g.SW == 1:
-                                    for ow in range(lo, hi):
-                                        gxrow[ow + off] = gxrow[ow + off] + wv * gyrow[ow]
-                                else:
-                                    for ow in range(lo, hi):
-                                        gxrow[ow * g.SW + off] = (gxrow[ow * g.SW + off]
-                                                                  + wv * gyrow[ow])
+                    stage_wide(&gy[n, 0] + k * g.P, gw, &g, &q)
+                    wk = &w[k, 0]
+                    for c in range(g.Cg):
+                        for kd in range(g.KD):
+                            for kh in range(g.KH):
+                                for kw in range(g.KW):
+                                    tap_backward(xp + c * q.plane, gw,
+                                                 wk[((c * g.KD + kd) * g.KH + kh) * g.KW + kw],
+                                                 kd, kh, kw, &g, &q)
+                for c in range(g.Cg):
+                    crop_plane(xp + c * q.plane, &gx[n, 0] + (gi * g.Cg + c) * g.img_plane,
+                               b[gi * g.Cg + c] if has_bias else 0, &g, &q)
+    finally:
+        free(scratch)
 
 
 def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                          floating[:, ::1] gw, tuple geom, Py_ssize_t n_threads,
                          Py_ssize_t ws_bytes):
-    """gw[k, c] = sum over samples and pixels, one (output, input channel) pair per item.
+    """gw[k, c] = sum over samples of <gy[n, k], x[n, c] under each tap>.
 
-    x (N, C_img * D*H*W), gy (N, C_col * P), gw (C_col, CKK) overwritten.
+    One (group, input channel) per work item.  x (N, C_img * D*H*W), gy (N, C_col * P),
+    gw (C_col, CKK) overwritten.
     """
     cdef Geom g = make_geom(geom)
+    cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
-    cdef Py_ssize_t per_thread = g.KK * g.OW
-    cdef floating* scratch = <floating*> malloc(n_threads * per_thread * sizeof(floating))
-    if scratch == NULL:
-        raise MemoryError("cyconv: could not allocate the weight-gradient workspace")
-    cdef Py_ssize_t it, k, cl, gi, n, od, oh, ow, kd, kh, kw, idd, ih, off, lo, hi, tap
-    cdef floating* acc
-    cdef floating* a
-    cdef const floating* gyrow
-    cdef const floating* xrow
-    cdef const floating* xc
-    cdef floating s
+    cdef Py_ssize_t per_thread = q.plane + q.wide
+    cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
+    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw, tap
+    cdef floating* xp = NULL
+    cdef floating* gyw
+    cdef floating* out
+    cdef floating* gwp = &gw[0, 0]
     try:
         with nogil, parallel(num_threads=n_threads):
-            acc = scratch + threadid() * per_thread
-            for it in prange(g.C_col * g.Cg, schedule="static"):
-                k = it // g.Cg
-                cl = it % g.Cg
-                gi = k // g.Kg
-                memset(acc, 0, per_thread * sizeof(floating))
+            xp = scratch + threadid() * per_thread
+            gyw = xp + q.plane
+            for it in prange(g.C_img, schedule="static"):
+                gi = it // g.Cg
+                c = it % g.Cg
+                for k in range(gi * g.Kg, (gi + 1) * g.Kg):
+                    memset(gwp + k * g.CKK + c * g.KK, 0, g.KK * sizeof(floating))
                 for n in range(N):
-                    xc = &x[n, 0] + (gi * g.Cg + cl) * g.img_plane
-                    for od in range(g.OD):
-                        for oh in range(g.OH):
-                            gyrow = &gy[n, 0] + k * g.P + (od * g.OH + oh) * g.OW
-                            for kd in range(g.KD):
-                                idd = od * g.SD - g.PD + kd * g.DD
-                                if idd < 0 or idd >= g.D:
-                                    continue
-                                for kh in range(g.KH):
-                                    ih = oh * g.SH - g.PH + kh * g.DH
-                                    if ih < 0 or ih >= g.H:
-                                        continue
-                                    xrow = xc + (idd * g.H + ih) * g.W
-                                    for kw in range(g.KW):
-                                        a = acc + ((kd * g.KH + kh) * g.KW + kw) * g.OW
-                                        off = kw * g.DW - g.PW
-                                        valid_range(off, g.SW, g.W, g.OW, &lo, &hi)
-                                        if g.SW == 1:
-                                            for ow in range(lo, hi):
-                                                a[ow] = a[ow] + gyrow[ow] * xrow[ow + off]
-                                        else:
-                                            for ow in range(lo, hi):
-                                                a[ow] = a[ow] + gyrow[ow] * xrow[ow * g.SW + off]
-                for tap in range(g.KK):
-                    s = 0
-                    a = acc + tap * g.OW
-                    for ow in range(g.OW):
-                        s = s + a[ow]
-                    gw[k, cl * g.KK + tap] = s
+                    pad_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
+                    for k in range(gi * g.Kg, (gi + 1) * g.Kg):
+                        stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
+                        out = gwp + k * g.CKK + c * g.KK
+                        for kd in range(g.KD):
+                            for kh in range(g.KH):
+                                for kw in range(g.KW):
+                                    tap = (kd * g.KH + kh) * g.KW + kw
+                                    out[tap] = out[tap] + tap_dot(gyw, xp, kd, kh, kw, &g, &q)
     finally:
         free(scratch)

@@ -42,6 +42,17 @@ cdef enum:
     MIN_TILE = 64
 
 
+# Bytes of column matrix one GEMM call works on: big enough for BLAS to run at full
+# speed, small enough to stay in the cache between im2col and the GEMM.
+cdef Py_ssize_t _TILE_BYTES = 2 * 1024 * 1024
+
+
+def set_tile_bytes(Py_ssize_t n):
+    """Tuning hook: the column-chunk size target (results do not depend on it)."""
+    global _TILE_BYTES
+    _TILE_BYTES = n
+
+
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
 
@@ -169,7 +180,9 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef bint has_bias = b.shape[0] > 0
     # Chunk the output pixels: within the workspace, and enough chunks to feed the threads.
     cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
-    cdef Py_ssize_t tile = g.P if pointwise else _max(1, _min(g.P, budget // g.CKK))
+    cdef Py_ssize_t tile = g.P if pointwise else _max(1, _min(
+        _min(g.P, budget // g.CKK),
+        _max(MIN_TILE, _TILE_BYTES // (g.CKK * <Py_ssize_t> sizeof(floating)))))
     cdef Py_ssize_t T = (g.P + tile - 1) // tile
     if N * g.G * T < n_threads:
         T = _min(_max(1, g.P // MIN_TILE), (n_threads + N * g.G - 1) // (N * g.G))
@@ -231,7 +244,8 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
     cdef Py_ssize_t cpb = (g.Cg + CB - 1) // CB
     CB = (g.Cg + cpb - 1) // cpb
     cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
-    cdef Py_ssize_t rows = _max(1, _min(cpb * g.KK, budget // g.P))
+    cdef Py_ssize_t rows = _max(1, _min(_min(cpb * g.KK, budget // g.P),
+                                        _max(g.KK, _TILE_BYTES // (g.P * <Py_ssize_t> sizeof(floating)))))
     cdef Py_ssize_t items = N * g.G * CB
     cdef floating* scratch = _scratch(n_threads, rows * g.P, <floating> 0)
     cdef Py_ssize_t it, n, gi, cb, c0, c1, r0, r1, rr, c
