@@ -15,10 +15,11 @@ import numpy as np
 from ._cpu import kernels, threads_for
 
 
-def _planes(a, planes):
-    """A contiguous (planes, elements per plane) view of a batched array."""
+def _planes(a, lead=2):
+    """A contiguous 2-D view of ``a``: its first ``lead`` dims (N, C for a batched pooling
+    array) as rows, the rest as columns."""
     a = np.ascontiguousarray(a)
-    return a.reshape(planes, a.size // planes if planes else 0)
+    return a.reshape(math.prod(a.shape[:lead]), math.prod(a.shape[lead:]))
 
 
 # -- max pooling ---------------------------------------------------------------------------
@@ -30,13 +31,12 @@ def max_pool_forward(pp, x, return_indices):
     int64 flat index of each maximum within its input plane, or None when
     ``return_indices`` is False.  NaN propagates; ties keep the first maximum.
     """
-    P = pp.planes
     y = np.empty((pp.N, pp.C) + pp.out_size, x.dtype)
     idx = np.empty(y.shape, np.int64) if return_indices else None
     work = y.size * math.prod(pp.kernel_size)
     kernels("pool").max_pool_forward(
-        _planes(x, P), _planes(y, P),
-        None if idx is None else _planes(idx, P), pp.geometry(), threads_for(work))
+        _planes(x), _planes(y),
+        None if idx is None else _planes(idx), pp.geometry(), threads_for(work))
     return y, idx
 
 
@@ -46,12 +46,11 @@ def max_pool_backward(ps, gy, idx):
 
     Raises ValueError when an index lies outside the input plane.
     """
-    P = ps.planes
     gx = np.empty((ps.N, ps.C) + ps.in_size, gy.dtype)
     plane = math.prod(ps.in_size)
     bad = kernels("pool").max_pool_backward(
-        _planes(gy, P), _planes(np.asarray(idx, dtype=np.int64), P),
-        _planes(gx, P), threads_for(gy.size))
+        _planes(gy), _planes(np.asarray(idx, dtype=np.int64)),
+        _planes(gx), threads_for(gy.size))
     if bad:
         raise ValueError(f"{ps.op}: indices hold {bad} value(s) outside the input plane "
                          f"[0, {plane}) of input_size {ps.x_shape}")
@@ -63,20 +62,18 @@ def max_pool_backward(ps, gy, idx):
 def avg_pool_forward(pp, x):
     """Average pooling (``PoolParams`` ``pp``) of ``x`` (N, C, *in_size), with
     PyTorch's divisors (``count_include_pad``, ``divisor_override``, ceil-mode edges)."""
-    P = pp.planes
     y = np.empty((pp.N, pp.C) + pp.out_size, x.dtype)
     kernels("pool").avg_pool_forward(
-        _planes(x, P), _planes(y, P), pp.geometry(), pp.count_include_pad,
+        _planes(x), _planes(y), pp.geometry(), pp.count_include_pad,
         pp.divisor_override or 0, threads_for(y.size * math.prod(pp.kernel_size)))
     return y
 
 
 def avg_pool_backward(pp, gy):
     """Gradient of :func:`avg_pool_forward` w.r.t. its input: (N, C, *in_size)."""
-    P = pp.planes
     gx = np.empty((pp.N, pp.C) + pp.in_size, gy.dtype)
     kernels("pool").avg_pool_backward(
-        _planes(gy, P), _planes(gx, P), pp.geometry(), pp.count_include_pad,
+        _planes(gy), _planes(gx), pp.geometry(), pp.count_include_pad,
         pp.divisor_override or 0, threads_for(gy.size * math.prod(pp.kernel_size)))
     return gx
 
@@ -86,19 +83,17 @@ def avg_pool_backward(pp, gy):
 def adaptive_avg_pool_forward(ps, x):
     """Adaptive average pooling (``PoolShape`` ``ps``) of ``x`` (N, C, *in_size) into
     (N, C, *out_size); windows [floor(o * in / out), ceil((o + 1) * in / out))."""
-    P = ps.planes
     y = np.empty((ps.N, ps.C) + ps.out_size, x.dtype)
     kernels("pool").adaptive_avg_pool_forward(
-        _planes(x, P), _planes(y, P), ps.geometry(), threads_for(x.size))
+        _planes(x), _planes(y), ps.geometry(), threads_for(x.size))
     return y
 
 
 def adaptive_avg_pool_backward(ps, gy):
     """Gradient of :func:`adaptive_avg_pool_forward` w.r.t. its input."""
-    P = ps.planes
     gx = np.empty((ps.N, ps.C) + ps.in_size, gy.dtype)
     kernels("pool").adaptive_avg_pool_backward(
-        _planes(gy, P), _planes(gx, P), ps.geometry(), threads_for(gx.size))
+        _planes(gy), _planes(gx), ps.geometry(), threads_for(gx.size))
     return gx
 
 
@@ -137,11 +132,6 @@ def _pad_passes(pp):
     return passes
 
 
-def _pass_layout(shape, dims):
-    """(P, B): the products of the dims before and after the window ``dims``."""
-    return math.prod(shape[:dims[0]]), math.prod(shape[dims[-1] + 1:])
-
-
 def _preimage(src, n_in):
     """CSR of a source map: input index i is read by the outputs
     ``order[ptr[i]:ptr[i + 1]]``, in increasing order."""
@@ -160,7 +150,7 @@ def pad_forward(pp, x):
         return cur.copy()
     mod = kernels("pool")
     for dims in _pad_passes(pp):
-        P, B = _pass_layout(cur.shape, dims)
+        B = math.prod(cur.shape[dims[-1] + 1:])
         lead = (1,) * (3 - len(dims))
         maps = [np.zeros(1, np.int64)] * len(lead) + [pp.source_map(d) for d in dims]
         in3 = lead + tuple(cur.shape[d] for d in dims)
@@ -168,7 +158,7 @@ def pad_forward(pp, x):
         for d in dims:
             out_shape[d] = pp.out_shape[d]
         y = np.empty(out_shape, cur.dtype)
-        mod.pad_forward(_planes(cur, P), _planes(y, P),
+        mod.pad_forward(_planes(cur, dims[0]), _planes(y, dims[0]),
                         *maps, in3, B, pp.value, threads_for(y.size))
         cur = y
     return cur
@@ -182,7 +172,7 @@ def pad_backward(pp, gy):
         return cur.copy()
     mod = kernels("pool")
     for dims in _pad_passes(pp):
-        P, B = _pass_layout(cur.shape, dims)
+        B = math.prod(cur.shape[dims[-1] + 1:])
         lead = (1,) * (3 - len(dims))
         csr = []
         for _ in lead:
@@ -194,7 +184,7 @@ def pad_backward(pp, gy):
         for d in dims:
             in_shape[d] = pp.in_shape[d]
         gx = np.empty(in_shape, cur.dtype)
-        mod.pad_backward(_planes(cur, P), _planes(gx, P),
+        mod.pad_backward(_planes(cur, dims[0]), _planes(gx, dims[0]),
                          *csr, out3, B, threads_for(cur.size))
         cur = gx
     return cur
