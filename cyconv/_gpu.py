@@ -13,8 +13,9 @@ Algorithms
     the layout ``(G, C_img/G * KK, nb * P)``; one batched cuBLAS GEMM over the groups
     (``cupy.matmul``) does the arithmetic; ``col2im_nd`` (a gather, no atomics) folds the
     input gradient / transposed convolution back.  The chunk size ``nb`` keeps the
-    scratch memory under :func:`get_workspace_limit`.  1×1 stride-1 unpadded layers skip
-    im2col and call ``cupy.matmul`` on the input itself.
+    scratch memory under :func:`get_workspace_limit`; a layer of which not even one
+    sample fits (or whose buffers cannot be allocated) runs the direct kernels instead.
+    1×1 stride-1 unpadded layers skip im2col and call ``cupy.matmul`` on the input.
 ``'direct'``
     The kernels of ``direct.cu``: one thread per output element, and a deterministic
     two-pass split reduction for the weight gradient.  Every variant is supported.
@@ -170,11 +171,13 @@ def plan_chunk(N: int, per_sample: int, fixed: int, cap: int, P: int) -> int:
 
 
 def _im2col_buffers(p, N, dtype, direction):
-    """(nb, col, aux) scratch buffers for the im2col path, or None when even one sample
-    does not fit in GPU memory (the caller then falls back to the direct kernels).
+    """(nb, col, aux) scratch buffers for the im2col path, or None when one sample's
+    columns exceed the workspace cap or GPU memory (the caller then runs the direct
+    kernels, which need no workspace).
 
-    ``col`` holds C_img * KK * nb * P elements; ``aux`` the grad_output / GEMM result of a
-    chunk (C_col * nb * P), or None when not needed.
+    ``col`` holds C_img * KK * nb * P elements (None for a 1×1 weight gradient of one
+    sample, which reads the input itself); ``aux`` a chunk's grad_output or GEMM result,
+    C_col * nb * P elements (None where a chunk of one sample needs none).
     """
     cp = _xp()
     s = conv_sizes(p)
@@ -185,8 +188,11 @@ def _im2col_buffers(p, N, dtype, direction):
     if direction == "backward_weight":
         # the chunk's GEMM result and the running sum
         fixed = s["G"] * s["CKK"] * s["Kg"] * (item + 8)
-    nb = plan_chunk(N, (col_per + aux_per) * item, fixed, get_workspace_limit(), s["P"])
+    cap = get_workspace_limit()
     pointwise = is_pointwise(p)
+    if not pointwise and col_per * item + fixed > cap:
+        return None
+    nb = plan_chunk(N, (col_per + aux_per) * item, fixed, cap, s["P"])
     while True:
         try:
             col = None if (pointwise and nb == 1) else cp.empty(col_per * nb, dtype)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import os
 import re
 import shutil
@@ -541,31 +542,40 @@ def test_emulated_64_bit_indices(case, algorithm, emulated_gpu, monkeypatch):
 @pytest.mark.parametrize("case", LONG_CASES[:2] + [
     ConvCase(2, 5, 4, 6, 1, (6, 5), (1, 1), bias=True)], ids=lambda c: c.id)
 def test_emulated_workspace_chunks(case, emulated_gpu, monkeypatch):
-    """A cap that fits one or two samples changes only the GEMM shapes (and so the
-    rounding): every result agrees with the single-chunk one and with the reference."""
+    """Caps that fit one or two samples' columns change only the GEMM shapes (and so the
+    rounding); a cap below one sample runs the direct kernels.  Every result agrees with
+    the single-chunk one and with the reference."""
+    case = dataclasses.replace(case, N=5)
     x, w, b = case.numpy_arrays(np.float64)
-    x = np.concatenate([x] * 3)[:5]
-    gy = np.random.default_rng(5).uniform(-1, 1, (5,) + case.y_shape[1:])
+    gy = case.grad_output(np.float64)
     kw = case.kwargs
+    p = conv_params(case.op, case.nd, x.shape, w.shape, **kw)
+    s = _gpu.conv_sizes(p)
+    per_sample = (s["C_img"] * s["KK"] + s["C_col"]) * s["P"] * 8
+    fixed = s["G"] * s["CKK"] * s["Kg"] * 16
 
     def run():
-        return (getattr(cyconv, case.op)(x, w, b, **kw, algorithm="im2col"),
-                getattr(cyconv.grad, f"conv{case.nd}d_input")(x.shape, w, gy, **kw,
-                                                              algorithm="im2col"),
-                getattr(cyconv.grad, f"conv{case.nd}d_weight")(x, w.shape, gy, **kw,
-                                                               algorithm="im2col"))
+        emulated_gpu.calls.clear()
+        out = (getattr(cyconv, case.op)(x, w, b, **kw, algorithm="im2col"),
+               getattr(cyconv.grad, f"conv{case.nd}d_input")(x.shape, w, gy, **kw,
+                                                             algorithm="im2col"),
+               getattr(cyconv.grad, f"conv{case.nd}d_weight")(x, w.shape, gy, **kw,
+                                                              algorithm="im2col"))
+        return out, [k for k, _ in emulated_gpu.calls]
 
     monkeypatch.setitem(_gpu._state, "workspace", 1 << 30)
-    whole = run()
-    for cap in (1, 2 * x[0].size * 8 * 27):
+    whole, _ = run()
+    for cap in (per_sample + fixed, 2 * per_sample + fixed, 1):
         monkeypatch.setitem(_gpu._state, "workspace", cap)
-        part = run()
+        part, kernels = run()
+        direct = "conv_direct_forward" in kernels
+        assert direct == (cap == 1 and not _gpu.is_pointwise(p)), (cap, kernels)
+        if cap == per_sample + fixed:      # one sample per chunk in all three ops
+            assert kernels.count("batch_to_chunk_t") == 5, kernels
         for a, c, what in zip(part, whole, ("forward", "input grad", "weight grad")):
             assert_close(a, c, np.float64, kind="parity", what=f"cap {cap} {what}")
-    # and each chunking agrees with the reference
-    case5 = ConvCase(case.nd, 5, case.C_in, case.C_out, case.groups, case.in_size,
-                     case.kernel_size, case.stride, case.padding, case.dilation, case.bias)
-    assert_close(part[2], ref_conv_weight_grad(case5, x, gy), np.float64, what="chunked gw")
+        assert_close(part[2], ref_conv_weight_grad(case, x, gy), np.float64,
+                     what=f"cap {cap} weight grad vs reference")
 
 
 def test_emulated_out_of_memory_halves_then_falls_back(emulated_gpu, monkeypatch):
@@ -598,7 +608,9 @@ def test_emulated_out_of_memory_halves_then_falls_back(emulated_gpu, monkeypatch
 
 def test_emulated_direct_weight_grad_is_deterministic_and_grid_agnostic(emulated_gpu,
                                                                           monkeypatch):
-    case = ConvCase(2, 3, 8, 8, 8, (20, 20), (3, 3), padding=1)    # depthwise
+    # depthwise; R = N * P = 2523 terms per weight, cut into 2 uneven slices
+    case = ConvCase(2, 3, 8, 8, 8, (29, 29), (3, 3), padding=1)
+    assert _cuda.split_reduction(72, 2523) == (2, 1262)
     x, _, _ = case.numpy_arrays(np.float32)
     gy = case.grad_output(np.float32)
     gw = [cyconv.grad.conv2d_weight(x, case.w_shape, gy, padding=1, groups=8,
@@ -609,3 +621,16 @@ def test_emulated_direct_weight_grad_is_deterministic_and_grid_agnostic(emulated
     assert gw[0].tobytes() == gw[1].tobytes() == gw[2].tobytes()
     assert_close(gw[0], ref_conv_weight_grad(case, x.astype(np.float64),
                                              gy.astype(np.float64)), np.float32)
+
+
+@pytest.mark.parametrize("case", LONG_CASES + EMU_CONV_CASES[:6], ids=lambda c: c.id)
+def test_emulated_direct_weight_grad_with_many_uneven_slices(case, emulated_gpu,
+                                                             monkeypatch):
+    split = _cuda.split_reduction
+    monkeypatch.setattr(_cuda, "split_reduction",
+                        lambda n, length: split(n, length, target_items=10**6, min_chunk=50))
+    x, w, b = case.arrays(np, np.float64)
+    gy = case.grad_output(np.float64)
+    gw = getattr(cyconv.grad, f"conv{case.nd}d_weight")(x, case.w_shape, gy, **case.kwargs,
+                                                        algorithm="direct")
+    assert_close(gw, ref_conv_weight_grad(case, x, gy), np.float64, what=case.id)
