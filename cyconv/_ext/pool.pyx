@@ -32,7 +32,7 @@ sums the same way and divides each element by its PyTorch divisor afterwards.
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
 from libc.math cimport INFINITY
-from libc.string cimport memset
+from libc.string cimport memcpy, memset
 
 import numpy as np
 
@@ -116,12 +116,22 @@ cdef inline void max_row_idx(const floating* xr, Py_ssize_t off, Py_ssize_t step
                              Py_ssize_t lo, Py_ssize_t hi) noexcept nogil:
     """max_row that also records the flat plane index ``base + ow * step`` of the winner."""
     cdef Py_ssize_t ow
-    cdef floating v
-    for ow in range(lo, hi):
-        v = xr[ow * step + off]
-        if (v > yr[ow]) | (v != v):
-            yr[ow] = v
-            ir[ow] = base + ow * step
+    cdef floating v, m
+    cdef bint take
+    if step == 1:
+        for ow in range(lo, hi):
+            v = xr[ow + off]
+            m = yr[ow]
+            take = (v > m) | (v != v)
+            yr[ow] = v if take else m
+            ir[ow] = (base + ow) if take else ir[ow]
+    else:
+        for ow in range(lo, hi):
+            v = xr[ow * step + off]
+            m = yr[ow]
+            take = (v > m) | (v != v)
+            yr[ow] = v if take else m
+            ir[ow] = (base + ow * step) if take else ir[ow]
 
 
 cdef void max_pool_plane(const floating* x, floating* y, int64_t* idx, const PoolGeom* g,
@@ -397,6 +407,27 @@ cdef object adaptive_ranges(Py_ssize_t n_out, Py_ssize_t n_in):
     return r
 
 
+cdef inline double row_sum(const floating* a, Py_ssize_t n) noexcept nogil:
+    """sum(a[:n]) in double, with eight independent partial sums (so the additions
+    pipeline and vectorise; a single running sum waits on every add)."""
+    cdef double s0 = 0, s1 = 0, s2 = 0, s3 = 0, s4 = 0, s5 = 0, s6 = 0, s7 = 0
+    cdef Py_ssize_t i = 0
+    while i + 8 <= n:
+        s0 += a[i]
+        s1 += a[i + 1]
+        s2 += a[i + 2]
+        s3 += a[i + 3]
+        s4 += a[i + 4]
+        s5 += a[i + 5]
+        s6 += a[i + 6]
+        s7 += a[i + 7]
+        i += 8
+    while i < n:
+        s0 += a[i]
+        i += 1
+    return ((s0 + s4) + (s1 + s5)) + ((s2 + s6) + (s3 + s7))
+
+
 cdef void adaptive_plane(const floating* x, floating* y, const PoolGeom* g,
                          const int64_t* rd, const int64_t* rh, const int64_t* rw,
                          bint backward) noexcept nogil:
@@ -424,9 +455,8 @@ cdef void adaptive_plane(const floating* x, floating* y, const PoolGeom* g,
                     s = 0
                     for id_ in range(rd[2 * od], rd[2 * od + 1]):
                         for ih in range(rh[2 * oh], rh[2 * oh + 1]):
-                            for iw in range((id_ * g.H + ih) * g.W + rw[2 * ow],
-                                            (id_ * g.H + ih) * g.W + rw[2 * ow + 1]):
-                                s += x[iw]
+                            s += row_sum(x + (id_ * g.H + ih) * g.W + rw[2 * ow],
+                                         rw[2 * ow + 1] - rw[2 * ow])
                     y[o] = <floating>(s / count)
 
 
@@ -522,29 +552,41 @@ def relu_backward(const floating[::1] gy, const floating[::1] out, floating[::1]
 # Pad
 # ---------------------------------------------------------------------------------------
 
-cdef void pad_row(const floating* x, floating* y, Py_ssize_t s1, Py_ssize_t s2,
-                  const int64_t* m3, Py_ssize_t I2, Py_ssize_t I3, Py_ssize_t O3,
-                  Py_ssize_t B, floating value) noexcept nogil:
-    """One output row y[o3, b] = x[s1, s2, m3[o3], b] (x: one input plane (I1, I2, I3, B)),
-    or ``value`` where a source index is -1."""
+cdef inline void pad_gather(const floating* xr, floating* y, const int64_t* m3,
+                            Py_ssize_t o_lo, Py_ssize_t o_hi, Py_ssize_t B,
+                            floating value) noexcept nogil:
+    """y[o3, b] = xr[m3[o3], b] or ``value`` where m3[o3] == -1, for o3 in [o_lo, o_hi)."""
     cdef Py_ssize_t o3, b
-    cdef const floating* xr
-    if s1 < 0 or s2 < 0:
-        for o3 in range(O3 * B):
-            y[o3] = value
-        return
-    xr = x + (s1 * I2 + s2) * I3 * B
     if B == 1:
-        for o3 in range(O3):
+        for o3 in range(o_lo, o_hi):
             y[o3] = xr[m3[o3]] if m3[o3] >= 0 else value
     else:
-        for o3 in range(O3):
+        for o3 in range(o_lo, o_hi):
             if m3[o3] >= 0:
                 for b in range(B):
                     y[o3 * B + b] = xr[m3[o3] * B + b]
             else:
                 for b in range(B):
                     y[o3 * B + b] = value
+
+
+cdef void pad_row(const floating* x, floating* y, Py_ssize_t s1, Py_ssize_t s2,
+                  const int64_t* m3, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t I2,
+                  Py_ssize_t I3, Py_ssize_t O3, Py_ssize_t B, floating value) noexcept nogil:
+    """One output row y[o3, b] = x[s1, s2, m3[o3], b] (x: one input plane (I1, I2, I3, B)),
+    or ``value`` where a source index is -1.  On [r0, r1) the map is a run of consecutive
+    input indices, copied straight."""
+    cdef Py_ssize_t o3
+    cdef const floating* xr
+    if s1 < 0 or s2 < 0:
+        for o3 in range(O3 * B):
+            y[o3] = value
+        return
+    xr = x + (s1 * I2 + s2) * I3 * B
+    pad_gather(xr, y, m3, 0, r0, B, value)
+    if r1 > r0:
+        memcpy(y + r0 * B, xr + m3[r0] * B, (r1 - r0) * B * sizeof(floating))
+    pad_gather(xr, y, m3, r1, O3, B, value)
 
 
 cdef int check_map(str name, object m, Py_ssize_t n_in) except -1:
@@ -571,6 +613,18 @@ def pad_forward(const floating[:, ::1] x, floating[:, ::1] y, const int64_t[::1]
     check_map("m3", m3, I3)
     if rows == 0 or O3 * B == 0:
         return
+    # The longest run of consecutive source indices in m3 (the interior of the row).
+    cdef Py_ssize_t o = 0, e, r0 = 0, r1 = 0
+    while o < O3:
+        if m3[o] < 0:
+            o += 1
+            continue
+        e = o + 1
+        while e < O3 and m3[e] == m3[e - 1] + 1:
+            e += 1
+        if e - o > r1 - r0:
+            r0, r1 = o, e
+        o = e
     cdef const floating* xp = NULL
     if x.shape[1]:
         xp = &x[0, 0]
@@ -582,7 +636,7 @@ def pad_forward(const floating[:, ::1] x, floating[:, ::1] y, const int64_t[::1]
             o1 = (r // O2) % O1
             o2 = r % O2
             pad_row(xp + p * I1 * I2 * I3 * B, yp + r * O3 * B, m1[o1], m2[o2], &m3[0],
-                    I2, I3, O3, B, v)
+                    r0, r1, I2, I3, O3, B, v)
 
 
 cdef void unpad_row(const floating* gy, floating* gx, Py_ssize_t i1, Py_ssize_t i2,
