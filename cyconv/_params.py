@@ -657,15 +657,15 @@ def pad_params(op: str, x_shape, pad, mode="constant", value=0.0,
                                  f"{what} dim, got {what} {x_shape}")
             if mode == "reflect" and (pr[0] >= n_in or pr[1] >= n_in):
                 raise ValueError(f"{op}: reflect padding {pr} on dim {dim} must be < "
-                                 f"{what} size {n_in}")
+                                 f"input size {n_in}")
             if mode == "circular":
                 kept = n_in - max(0, -pr[0]) - max(0, -pr[1])
                 if kept < 1:
                     raise ValueError(f"{op}: circular padding {pr} on dim {dim} crops away "
-                                     f"all of {what} size {n_in}")
+                                     f"all of input size {n_in}")
                 if pr[0] > kept or pr[1] > kept:
-                    size = (f"{what} size {n_in}" if kept == n_in
-                            else f"the cropped {what} size {kept}")
+                    size = (f"input size {n_in}" if kept == n_in
+                            else f"the cropped input size {kept}")
                     raise ValueError(f"{op}: circular padding {pr} on dim {dim} must be <= "
                                      f"{size}")
             if o < 1:
