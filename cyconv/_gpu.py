@@ -411,6 +411,195 @@ def _im2col_backward_weight(p, x, gy, gw):
     return True
 
 
+
+
+# == pooling, pad, ReLU, linear (the GPU mirror of cyconv._cpu_pool) ==========================
+
+def max_pool_forward(pp, x, return_indices):
+    """Max pooling of ``x`` (N, C, *in_size); returns ``(y, indices or None)`` with
+    PyTorch's indices (int64 flat index within the input plane)."""
+    cp = _xp()
+    with _on_device(x):
+        x = cp.ascontiguousarray(x)
+        y = cp.empty((pp.N, pp.C) + tuple(pp.out_size), x.dtype)
+        idx = cp.empty(y.shape, np.int64) if return_indices else None
+        it = _cuda.index_dtype(x.size, y.size)
+        launch("pool", "max_pool_forward", x.dtype, it,
+               (x, y, idx, pp.N * pp.C) + pp.geometry(), total=y.size)
+        return y, idx
+
+
+def max_pool_backward(ps, gy, idx):
+    """Gradient of max pooling: ``gy`` (N, C, *out) added into zeros (N, C, *in_size) at
+    the flat plane indices ``idx``, plane by plane in output order (deterministic).
+
+    Raises ValueError when an index lies outside the input plane; checking that reads one
+    number back from the GPU (the only synchronisation in this module).
+    """
+    cp = _xp()
+    with _on_device(gy):
+        gy = cp.ascontiguousarray(gy)
+        idx = cp.ascontiguousarray(idx, dtype=np.int64)
+        plane = math.prod(ps.in_size)
+        gx = cp.zeros((ps.N, ps.C) + tuple(ps.in_size), gy.dtype)
+        if gy.size == 0 or gx.size == 0:
+            return gx
+        bad = int(cp.count_nonzero((idx < 0) | (idx >= plane)))
+        if bad:
+            raise ValueError(f"{ps.op}: indices hold {bad} value(s) outside the input plane "
+                             f"[0, {plane}) of input_size {ps.x_shape}")
+        n_out = gy.size // (ps.N * ps.C)
+        it = _cuda.index_dtype(gy.size, gx.size)
+        launch("pool", "max_pool_backward", gy.dtype, it,
+               (gy, idx, gx, ps.N * ps.C, n_out, plane), total=ps.N * ps.C)
+        return gx
+
+
+def _avg_args(pp):
+    return int(pp.count_include_pad), int(pp.divisor_override or 0)
+
+
+def avg_pool_forward(pp, x):
+    """Average pooling with PyTorch's divisors (count_include_pad, divisor_override)."""
+    cp = _xp()
+    with _on_device(x):
+        x = cp.ascontiguousarray(x)
+        y = cp.empty((pp.N, pp.C) + tuple(pp.out_size), x.dtype)
+        inc, div = _avg_args(pp)
+        it = _cuda.index_dtype(x.size, y.size, abs(div))
+        launch("pool", "avg_pool_forward", x.dtype, it,
+               (x, y, pp.N * pp.C, inc, div) + pp.geometry(), total=y.size)
+        return y
+
+
+def avg_pool_backward(pp, gy):
+    """Gradient of :func:`avg_pool_forward` (a gather over the windows of each input)."""
+    cp = _xp()
+    with _on_device(gy):
+        gy = cp.ascontiguousarray(gy)
+        gx = cp.empty((pp.N, pp.C) + tuple(pp.in_size), gy.dtype)
+        inc, div = _avg_args(pp)
+        it = _cuda.index_dtype(gy.size, gx.size, abs(div))
+        launch("pool", "avg_pool_backward", gy.dtype, it,
+               (gy, gx, pp.N * pp.C, inc, div) + pp.geometry(), total=gx.size)
+        return gx
+
+
+def adaptive_avg_pool_forward(ps, x):
+    """Adaptive average pooling: output cell o averages [floor(o*in/out), ceil((o+1)*in/out))."""
+    cp = _xp()
+    with _on_device(x):
+        x = cp.ascontiguousarray(x)
+        y = cp.empty((ps.N, ps.C) + tuple(ps.out_size), x.dtype)
+        it = _cuda.index_dtype(x.size, y.size)
+        launch("pool", "adaptive_avg_pool_forward", x.dtype, it,
+               (x, y, ps.N * ps.C) + ps.geometry(), total=y.size)
+        return y
+
+
+def adaptive_avg_pool_backward(ps, gy):
+    """Gradient of :func:`adaptive_avg_pool_forward` (zero for an empty output size)."""
+    cp = _xp()
+    with _on_device(gy):
+        gy = cp.ascontiguousarray(gy)
+        shape = (ps.N, ps.C) + tuple(ps.in_size)
+        if gy.size == 0:
+            return cp.zeros(shape, gy.dtype)
+        gx = cp.empty(shape, gy.dtype)
+        it = _cuda.index_dtype(gy.size, gx.size)
+        launch("pool", "adaptive_avg_pool_backward", gy.dtype, it,
+               (gy, gx, ps.N * ps.C) + ps.geometry(), total=gx.size)
+        return gx
+
+
+def relu_forward(x):
+    """max(x, 0) element-wise; NaN and -0.0 pass through, as in PyTorch."""
+    cp = _xp()
+    with _on_device(x):
+        return cp.where(x < 0, cp.zeros((), x.dtype), x)
+
+
+def relu_backward(gy, y):
+    """``gy`` where the ReLU output ``y`` > 0 (or NaN), else 0."""
+    cp = _xp()
+    with _on_device(gy):
+        return cp.where(y <= 0, cp.zeros((), gy.dtype), gy)
+
+
+def pad_forward(pp, x):
+    """``pad`` one padded dim at a time, as a gather through ``pp.source_map``."""
+    cp = _xp()
+    with _on_device(x):
+        cur = cp.ascontiguousarray(x)
+        if not pp.padded_dims:
+            return cur.copy()
+        fill = np.dtype(cur.dtype).type(pp.value)
+        for d in pp.padded_dims:
+            src = pp.source_map(d)
+            shape = list(cur.shape)
+            shape[d] = src.shape[0]
+            if cur.shape[d] == 0:                 # constant padding of an empty dim
+                cur = cp.full(tuple(shape), fill, cur.dtype)
+                continue
+            valid = src >= 0
+            out = cp.take(cur, cp.asarray(np.where(valid, src, 0)), axis=d)
+            if not valid.all():
+                mshape = [1] * cur.ndim
+                mshape[d] = src.shape[0]
+                out = cp.where(cp.asarray(valid.reshape(mshape)), out, fill)
+            cur = out
+        return cp.ascontiguousarray(cur)
+
+
+def pad_backward(pp, gy):
+    """Gradient of :func:`pad_forward`: each input element receives the sum of the
+    gradients of the outputs that copy it, in increasing output order (as on the CPU).
+
+    Per padded dim, round r adds every input's r-th reader (a gather through a zero
+    slot for inputs with fewer readers), so there are no atomics.
+    """
+    cp = _xp()
+    with _on_device(gy):
+        cur = cp.ascontiguousarray(gy)
+        for d in pp.padded_dims:
+            src = pp.source_map(d)
+            n_in = pp.in_shape[d]
+            n_out = src.shape[0]
+            shape = list(cur.shape)
+            shape[d] = n_in
+            gx = cp.zeros(tuple(shape), cur.dtype)
+            valid = np.flatnonzero(src >= 0)
+            if valid.size and gx.size:
+                order = valid[np.argsort(src[valid], kind="stable")]
+                counts = np.bincount(src[valid], minlength=n_in)
+                start = np.concatenate([[0], np.cumsum(counts)[:-1]])
+                zshape = list(cur.shape)
+                zshape[d] = 1
+                padded = cp.concatenate([cur, cp.zeros(tuple(zshape), cur.dtype)], axis=d)
+                for r in range(int(counts.max())):
+                    pick = np.where(counts > r, order[np.minimum(start + r, order.size - 1)],
+                                    n_out)
+                    gx += cp.take(padded, cp.asarray(pick), axis=d)
+            cur = gx
+        return cp.ascontiguousarray(cur)
+
+
+def linear_forward(lp, x, w, b):
+    """``x @ w.T + b`` as one batched GEMM (3-D operands, so float32 stays float32)."""
+    cp = _xp()
+    with _on_device(x):
+        M = math.prod(lp.lead_shape)
+        x3 = cp.ascontiguousarray(x).reshape(1, M, lp.in_features)
+        wT = cp.ascontiguousarray(cp.asarray(w).T).reshape(1, lp.in_features, lp.out_features)
+        y = cp.matmul(x3, wT)
+        if b is not None:
+            y += b
+        return y.reshape(lp.y_shape)
+
+
 __all__ = ["require_cupy", "conv_forward", "conv_backward_input", "conv_backward_weight",
            "bias_grad", "get_workspace_limit", "set_workspace_limit", "plan_chunk",
-           "is_pointwise", "conv_sizes"]
+           "is_pointwise", "conv_sizes", "max_pool_forward", "max_pool_backward",
+           "avg_pool_forward", "avg_pool_backward", "adaptive_avg_pool_forward",
+           "adaptive_avg_pool_backward", "relu_forward", "relu_backward", "pad_forward",
+           "pad_backward", "linear_forward"]

@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import cyconv
-from cyconv import _cuda, _dispatch, _gpu
+from cyconv import _cuda, _dispatch, _gpu, _params, _pool
 from cyconv._params import conv_params
 from conftest import (SPECIAL_CONV_CASES, ConvCase, ConvTransposeCase, assert_close,
                       conv_grid, ref_conv, ref_conv_input_grad, ref_conv_transpose,
@@ -193,8 +193,9 @@ def _kernel_decls(text):
 
 
 def _param_kind(param):
-    if param == "CYC_GEOM_PARAMS":
-        return ("I",) * 21
+    macros = {"CYC_GEOM_PARAMS": 21, "CYC_POOL_PARAMS": 18, "CYC_SHAPE_PARAMS": 6}
+    if param in macros:
+        return ("I",) * macros[param]
     param = param.replace("__restrict__", "").split()
     param = " ".join(param[:-1])       # drop the parameter name
     kinds = {"const T*": "const T*", "T*": "T*", "const I": "I", "I": "I",
@@ -253,6 +254,7 @@ def test_kernels_compile_with_nvcc(family, tmp_path):
 
 _PRELUDE = r"""
 #include <ucontext.h>
+#include <cstring>
 #include <functional>
 #include <vector>
 #define CYC_HOST_EMULATION 1
@@ -278,6 +280,10 @@ static unsigned cyc_current = 0;
 static const size_t CYC_STACK = 1 << 16;
 
 static inline void __syncthreads() { swapcontext(&cyc_fiber[cyc_current], &cyc_main); }
+static inline float __int_as_float(int v) { float f; std::memcpy(&f, &v, 4); return f; }
+static inline double __longlong_as_double(long long v) {
+    double d; std::memcpy(&d, &v, 8); return d;
+}
 static void cyc_entry() { cyc_body(); cyc_done[cyc_current] = 1; }
 
 template <class F>
@@ -320,8 +326,8 @@ static void cyc_launch(unsigned grid, unsigned block, bool fibers, F f) {
 
 _CAST = {"const T*": "*(const T* const*)", "const T*?": "*(const T* const*)",
          "T*": "*(T* const*)", "A*": "*(A* const*)", "const A*": "*(const A* const*)",
-         "i64*": "*(long long* const*)", "const i64*": "*(const long long* const*)",
-         "I": "*(const I*)"}
+         "i64*": "*(long long* const*)", "i64*?": "*(long long* const*)",
+         "const i64*": "*(const long long* const*)", "I": "*(const I*)"}
 #: the emulator runs at most this many blocks: the kernels are grid-size agnostic
 EMU_MAX_GRID = 2
 
@@ -404,7 +410,7 @@ class Emulator:
                 buf = ctypes.create_string_buffer(a.tobytes(), a.nbytes)
             else:
                 if isinstance(a, np.uint64):
-                    assert kind == "const T*?" and a == 0
+                    assert kind.endswith("?") and a == 0
                     ptr = 0
                 else:
                     want = {"T": np.dtype(dtype), "A": acc, "i": np.dtype(np.int64)}[
@@ -432,7 +438,17 @@ def emulated_gpu(emulated_kernels, monkeypatch):
     monkeypatch.setattr(_gpu, "_device_id", lambda a: 0)
     monkeypatch.setattr(_gpu, "_oom_errors", lambda: (MemoryError,))
     monkeypatch.setattr(_dispatch, "array_module_name", lambda op, *arrays: "cupy")
+    monkeypatch.setattr(_pool, "array_module_name", lambda op, *arrays: "cupy")
     return emu
+
+
+@contextlib.contextmanager
+def on_cpu(monkeypatch):
+    """Inside an emulated test: route NumPy arrays to the CPU backend again."""
+    with monkeypatch.context() as m:
+        m.setattr(_dispatch, "array_module_name", _params.array_module_name)
+        m.setattr(_pool, "array_module_name", _params.array_module_name)
+        yield
 
 
 EMU_DTYPES = [np.float16, np.float32, np.float64]
@@ -634,3 +650,144 @@ def test_emulated_direct_weight_grad_with_many_uneven_slices(case, emulated_gpu,
     gw = getattr(cyconv.grad, f"conv{case.nd}d_weight")(x, case.w_shape, gy, **case.kwargs,
                                                         algorithm="direct")
     assert_close(gw, ref_conv_weight_grad(case, x, gy), np.float64, what=case.id)
+
+
+
+# -- pooling, pad, ReLU, linear through the emulated GPU backend ------------------------------
+
+POOL_CASES = [
+    # nd, x shape, kernel, stride, padding, dilation, ceil_mode
+    (1, (2, 3, 17), 3, 2, 1, 1, False),
+    (1, (1, 2, 10), 4, 3, 2, 2, True),
+    (2, (2, 3, 9, 11), (3, 2), (2, 1), (1, 0), 1, True),
+    (2, (3, 10, 12), 2, None, 0, 1, False),                 # unbatched, stride = kernel
+    (2, (2, 2, 8, 7), 3, 1, 1, (2, 1), False),
+    (3, (1, 2, 5, 6, 7), (2, 3, 2), (2, 2, 1), (1, 1, 0), 1, True),
+    (2, (0, 3, 6, 6), 2, 2, 0, 1, False),                   # N = 0
+]
+
+
+def _pool_id(c):
+    return f"{c[0]}d-x{c[1]}-k{c[2]}-s{c[3]}-p{c[4]}-d{c[5]}-ceil{c[6]}".replace(" ", "")
+
+
+def _rounded(shape, dtype, seed, nan=False):
+    x = np.random.default_rng(seed).uniform(-2, 2, shape).astype(dtype)
+    if nan and x.size > 4:
+        x.reshape(-1)[[1, x.size // 2]] = np.nan
+    return x
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", POOL_CASES, ids=[_pool_id(c) for c in POOL_CASES])
+def test_emulated_max_pool(case, dtype, emulated_gpu, monkeypatch):
+    nd, shape, k, s, p, d, ceil = case
+    x = _rounded(shape, dtype, 0, nan=True)
+    fn = getattr(cyconv, f"max_pool{nd}d")
+    gfn = getattr(cyconv.grad, f"max_pool{nd}d")
+    y, idx = fn(x, k, s, p, d, ceil, return_indices=True)
+    gy = _rounded(y.shape, dtype, 1)
+    gx = gfn(gy, idx, x.shape)
+    with on_cpu(monkeypatch):
+        y64, idx64 = fn(x.astype(np.float64), k, s, p, d, ceil, return_indices=True)
+        gx64 = gfn(gy.astype(np.float64), idx64, x.shape)
+    assert y.dtype == dtype and idx.dtype == np.int64
+    np.testing.assert_array_equal(idx, idx64)
+    np.testing.assert_array_equal(y.astype(np.float64), y64)      # a max is exact
+    _check(gx, gx64, dtype, "max_pool grad")
+    bad = idx.copy()
+    if bad.size:
+        bad.reshape(-1)[0] = np.prod(shape[-nd:])
+        with pytest.raises(ValueError, match="outside the input plane"):
+            gfn(gy, bad, x.shape)
+
+
+AVG_OPTIONS = [dict(count_include_pad=True), dict(count_include_pad=False),
+               dict(divisor_override=3), dict(divisor_override=-2)]
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", [c for c in POOL_CASES if c[5] == 1],
+                         ids=[_pool_id(c) for c in POOL_CASES if c[5] == 1])
+def test_emulated_avg_pool(case, dtype, emulated_gpu, monkeypatch):
+    nd, shape, k, s, p, _, ceil = case
+    x = _rounded(shape, dtype, 2)
+    for opts in AVG_OPTIONS:
+        if nd == 1 and "divisor_override" in opts:
+            continue
+        y = getattr(cyconv, f"avg_pool{nd}d")(x, k, s, p, ceil, **opts)
+        gy = _rounded(y.shape, dtype, 3)
+        gx = getattr(cyconv.grad, f"avg_pool{nd}d")(gy, x.shape, k, s, p, ceil, **opts)
+        with on_cpu(monkeypatch):
+            y64 = getattr(cyconv, f"avg_pool{nd}d")(x.astype(np.float64), k, s, p, ceil,
+                                                   **opts)
+            gx64 = getattr(cyconv.grad, f"avg_pool{nd}d")(gy.astype(np.float64), x.shape, k,
+                                                         s, p, ceil, **opts)
+        _check(y, y64, dtype, f"avg_pool {opts}")
+        _check(gx, gx64, dtype, f"avg_pool grad {opts}")
+
+
+ADAPTIVE_CASES = [(1, (2, 3, 17), 5), (1, (1, 2, 4), 7), (2, (2, 3, 9, 11), (4, None)),
+                  (2, (3, 10, 12), (1, 1)), (2, (2, 2, 7, 5), (0, 3)),
+                  (3, (1, 2, 5, 6, 7), (2, 3, 4))]
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=lambda c: f"{c[1]}-{c[2]}")
+def test_emulated_adaptive_avg_pool(case, dtype, emulated_gpu, monkeypatch):
+    nd, shape, out = case
+    x = _rounded(shape, dtype, 4)
+    y = getattr(cyconv, f"adaptive_avg_pool{nd}d")(x, out)
+    gy = _rounded(y.shape, dtype, 5)
+    gx = getattr(cyconv.grad, f"adaptive_avg_pool{nd}d")(gy, x.shape)
+    with on_cpu(monkeypatch):
+        y64 = getattr(cyconv, f"adaptive_avg_pool{nd}d")(x.astype(np.float64), out)
+        gx64 = getattr(cyconv.grad, f"adaptive_avg_pool{nd}d")(gy.astype(np.float64),
+                                                              x.shape)
+    _check(y, y64, dtype, "adaptive forward")
+    _check(gx, gx64, dtype, "adaptive grad")
+
+
+PAD_CASES = [((2, 3, 5, 6), (1, 2, 0, 3)), ((2, 3, 5, 6), (-1, 2, 3, -2)),
+             ((3, 4, 5), (2, 2, 1, 1, 1, 0)), ((2, 7), (3, 4)), ((2, 3, 4), (0, 0))]
+
+
+@pytest.mark.parametrize("mode", ["constant", "reflect", "replicate", "circular"])
+@pytest.mark.parametrize("case", PAD_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_emulated_pad(case, mode, emulated_gpu, monkeypatch):
+    shape, pad = case
+    for dtype in EMU_DTYPES:
+        x = _rounded(shape, dtype, 6)
+        kw = dict(value=1.5) if mode == "constant" else {}
+        if mode == "reflect" and any(v >= n for v, n in zip(pad[::2], shape[::-1])):
+            continue
+        y = cyconv.pad(x, pad, mode, **kw)
+        gy = _rounded(y.shape, dtype, 7)
+        gx = cyconv.grad.pad(gy, x.shape, pad, mode)
+        with on_cpu(monkeypatch):
+            y64 = cyconv.pad(x.astype(np.float64), pad, mode, **kw)
+            gx64 = cyconv.grad.pad(gy.astype(np.float64), x.shape, pad, mode)
+        np.testing.assert_array_equal(y.astype(np.float64), y64)
+        assert y.dtype == dtype
+        _check(gx, gx64, dtype, f"pad grad {mode}")
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_emulated_relu_and_linear(dtype, emulated_gpu, monkeypatch):
+    x = _rounded((3, 4, 5), dtype, 8, nan=True)
+    x.reshape(-1)[2] = -0.0
+    y = cyconv.relu(x)
+    gy = _rounded(x.shape, dtype, 9)
+    gx = cyconv.grad.relu(gy, y)
+    w = _rounded((6, 5), dtype, 10)
+    b = _rounded((6,), dtype, 11)
+    lin = cyconv.linear(x, w, b)
+    with on_cpu(monkeypatch):
+        y64 = cyconv.relu(x.astype(np.float64))
+        gx64 = cyconv.grad.relu(gy.astype(np.float64), y64)
+        lin64 = cyconv.linear(*(a.astype(np.float64) for a in (x, w, b)))
+    np.testing.assert_array_equal(y.astype(np.float64), y64)
+    assert np.signbit(y.reshape(-1)[2])
+    np.testing.assert_array_equal(gx.astype(np.float64), gx64)
+    assert lin.dtype == dtype and lin.shape == (3, 4, 6)
+    _check(lin, lin64, dtype, "linear")

@@ -43,10 +43,13 @@ INDEX_CTYPES = {"int32": "int", "int64": "long long"}
 ACC_DTYPES = {"float16": "float32", "float32": "float32", "float64": "float64"}
 
 _GEOM = ("I",) * 21     # ConvParams.geometry(): CYC_GEOM_PARAMS
+_POOL = ("I",) * 18     # PoolParams.geometry(): CYC_POOL_PARAMS
+_SHAPE = ("I",) * 6     # PoolShape.geometry(): CYC_SHAPE_PARAMS
 
 #: Argument kinds of every kernel, in order.  'T*' / 'const T*': an array of the element
-#: dtype; 'const T*?': the same or None (a null pointer); 'A*' / 'const A*': an array of
-#: the accumulation dtype; 'i64*' / 'const i64*': an int64 array; 'I': an index scalar.
+#: dtype; 'A*' / 'const A*': an array of the accumulation dtype; 'i64*' / 'const i64*':
+#: an int64 array; a trailing '?': the same or None (a null pointer); 'I': an index
+#: scalar.
 SIGNATURES = {
     "im2col": {
         "im2col_nd": ("const T*", "T*", "I") + _GEOM,
@@ -61,6 +64,14 @@ SIGNATURES = {
         "conv_direct_backward_input": ("const T*", "const T*", "const T*?", "T*", "I") + _GEOM,
         "conv_direct_backward_weight": ("const T*", "const T*", "A*", "I", "I", "I") + _GEOM,
         "reduce_partials": ("const A*", "T*", "I", "I"),
+    },
+    "pool": {
+        "max_pool_forward": ("const T*", "T*", "i64*?", "I") + _POOL,
+        "max_pool_backward": ("const T*", "const i64*", "T*", "I", "I", "I"),
+        "avg_pool_forward": ("const T*", "T*", "I", "I", "I") + _POOL,
+        "avg_pool_backward": ("const T*", "T*", "I", "I", "I") + _POOL,
+        "adaptive_avg_pool_forward": ("const T*", "T*", "I") + _SHAPE,
+        "adaptive_avg_pool_backward": ("const T*", "T*", "I") + _SHAPE,
     },
 }
 
@@ -133,7 +144,7 @@ def convert_args(where: str, signature, args, dtype, idx_dtype) -> tuple:
             out.append(idx_dtype.type(a))
             continue
         if a is None:
-            if kind != "const T*?":
+            if not kind.endswith("?"):
                 raise TypeError(f"{where}: argument {pos} ({kind}) may not be null")
             out.append(np.uint64(0))        # a null pointer (8 bytes)
             continue
