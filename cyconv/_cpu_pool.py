@@ -15,10 +15,16 @@ import numpy as np
 from ._cpu import kernels, threads_for
 
 
+def _contiguous(a):
+    """``a`` as a C-contiguous array of the same shape (0-d stays 0-d, unlike
+    ``np.ascontiguousarray``)."""
+    return np.ascontiguousarray(a).reshape(np.shape(a))
+
+
 def _planes(a, lead=2):
     """A contiguous 2-D view of ``a``: its first ``lead`` dims (N, C for a batched pooling
     array) as rows, the rest as columns."""
-    a = np.ascontiguousarray(a)
+    a = _contiguous(a)
     return a.reshape(math.prod(a.shape[:lead]), math.prod(a.shape[lead:]))
 
 
@@ -101,7 +107,7 @@ def adaptive_avg_pool_backward(ps, gy):
 
 def relu_forward(x):
     """max(x, 0) element-wise, any shape; NaN and -0.0 pass through (as in PyTorch)."""
-    x = np.ascontiguousarray(x)
+    x = _contiguous(x)
     y = np.empty_like(x)
     kernels("pool").relu_forward(x.reshape(-1), y.reshape(-1), threads_for(x.size))
     return y
@@ -109,8 +115,8 @@ def relu_forward(x):
 
 def relu_backward(gy, y):
     """ReLU gradient from its output ``y``: ``gy`` where ``y > 0`` (or NaN), else 0."""
-    gy = np.ascontiguousarray(gy)
-    y = np.ascontiguousarray(y)
+    gy = _contiguous(gy)
+    y = _contiguous(y)
     gx = np.empty_like(gy)
     kernels("pool").relu_backward(gy.reshape(-1), y.reshape(-1), gx.reshape(-1),
                                   threads_for(gy.size))
@@ -145,7 +151,7 @@ def _preimage(src, n_in):
 def pad_forward(pp, x):
     """``pad`` (``PadParams`` ``pp``) of ``x`` (any shape): constant, reflect,
     replicate or circular; negative amounts crop."""
-    cur = np.ascontiguousarray(x)
+    cur = _contiguous(x)
     if not _pad_passes(pp):
         return cur.copy()
     mod = kernels("pool")
@@ -167,7 +173,7 @@ def pad_forward(pp, x):
 def pad_backward(pp, gy):
     """Gradient of :func:`pad_forward` w.r.t. its input (shape ``pp.in_shape``): each
     input element receives the sum of the gradients of every output that reads it."""
-    cur = np.ascontiguousarray(gy)
+    cur = _contiguous(gy)
     if not _pad_passes(pp):
         return cur.copy()
     mod = kernels("pool")

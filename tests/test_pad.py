@@ -196,6 +196,11 @@ def test_pad_examples():
     np.testing.assert_array_equal(g[0, 0], [1, 2, 3, 1])
 
 
+def test_pad_zero_dim_input_with_empty_pad():
+    y = cyconv.pad(np.array(3.0), ())
+    assert y.shape == () and y == 3.0
+
+
 def test_pad_returns_a_new_array_and_leaves_input_alone():
     x = np.arange(12.0).reshape(3, 4)
     x.flags.writeable = False
