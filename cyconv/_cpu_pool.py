@@ -56,7 +56,7 @@ def max_pool_backward(ps, gy, idx):
     plane = math.prod(ps.in_size)
     bad = kernels("pool").max_pool_backward(
         _planes(gy), _planes(np.asarray(idx, dtype=np.int64)),
-        _planes(gx), threads_for(gy.size))
+        _planes(gx), threads_for(gx.size + gy.size))
     if bad:
         raise ValueError(f"{ps.op}: indices hold {bad} value(s) outside the input plane "
                          f"[0, {plane}) of input_size {ps.x_shape}")
@@ -80,7 +80,8 @@ def avg_pool_backward(pp, gy):
     gx = np.empty((pp.N, pp.C) + pp.in_size, gy.dtype)
     kernels("pool").avg_pool_backward(
         _planes(gy), _planes(gx), pp.geometry(), pp.count_include_pad,
-        pp.divisor_override or 0, threads_for(gy.size * math.prod(pp.kernel_size)))
+        pp.divisor_override or 0,
+        threads_for(gx.size + gy.size * math.prod(pp.kernel_size)))
     return gx
 
 
@@ -99,7 +100,7 @@ def adaptive_avg_pool_backward(ps, gy):
     """Gradient of :func:`adaptive_avg_pool_forward` w.r.t. its input."""
     gx = np.empty((ps.N, ps.C) + ps.in_size, gy.dtype)
     kernels("pool").adaptive_avg_pool_backward(
-        _planes(gy), _planes(gx), ps.geometry(), threads_for(gx.size))
+        _planes(gy), _planes(gx), ps.geometry(), threads_for(gx.size + gy.size))
     return gx
 
 
