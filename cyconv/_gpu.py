@@ -1,4 +1,4 @@
-"""GPU backend: the CuPy mirror of :mod:`cyconv._cpu`.
+"""GPU backend: the CuPy mirror of :mod:`cyconv._cpu` and :mod:`cyconv._cpu_pool`.
 
 Same functions, same conv view (see :mod:`cyconv._params`): ``conv_forward`` (column side
 from image side), ``conv_backward_input`` (image side from column side: a convolution's
@@ -30,6 +30,13 @@ Notes
 - Weight gradients are deterministic: cuBLAS GEMMs are, chunk partials are summed in a
   fixed order, and the direct kernel splits its reduction by shape alone.  Only an
   out-of-memory retry (which halves the chunk) can change the summation order.
+- Pooling (``pool.cu``) mirrors :mod:`cyconv._cpu_pool`: gathers for every forward op
+  and the average-pooling gradients, a deterministic per-plane scatter for the max-pool
+  gradient.  ``pad`` and ``relu`` are CuPy gathers/selects, ``linear`` one batched GEMM.
+  The max-pool gradient reads one count back to raise ``ValueError`` for an index
+  outside the plane: the one host synchronisation of this module.
+- CuPy compiles RawModules with ``-ftz=true``, so float32 denormals flush to zero in
+  the custom kernels (cuBLAS keeps them).
 """
 from __future__ import annotations
 

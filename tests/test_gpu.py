@@ -388,3 +388,68 @@ def test_second_device():
         w0 = cupy.asarray(w)
     with pytest.raises(ValueError, match="different GPUs"):
         cyconv.conv2d(xg, w0, padding=1, groups=2)
+
+
+# -- pooling, pad, ReLU, linear ----------------------------------------------------------------
+
+def _pool_cases():
+    from test_cuda_compile import ADAPTIVE_CASES, AVG_OPTIONS, PAD_CASES, POOL_CASES
+    return POOL_CASES, AVG_OPTIONS, ADAPTIVE_CASES, PAD_CASES
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=lambda d: np.dtype(d).name)
+def test_pooling_pad_relu_linear_gpu_match_cpu_float64(dtype):
+    pool_cases, avg_options, adaptive_cases, pad_cases = _pool_cases()
+    rng = np.random.default_rng(9)
+
+    def pair(shape):
+        a = rng.uniform(-2, 2, shape).astype(dtype)
+        return cupy.asarray(a), a.astype(np.float64)
+
+    for nd, shape, k, s, p, d, ceil in pool_cases:
+        xg, x64 = pair(shape)
+        y, idx = getattr(cyconv, f"max_pool{nd}d")(xg, k, s, p, d, ceil, return_indices=True)
+        y64, idx64 = getattr(cyconv, f"max_pool{nd}d")(x64, k, s, p, d, ceil,
+                                                       return_indices=True)
+        np.testing.assert_array_equal(cupy.asnumpy(idx), idx64)
+        np.testing.assert_array_equal(cupy.asnumpy(y).astype(np.float64), y64)
+        gg, g64 = pair(y64.shape)
+        assert_close(getattr(cyconv.grad, f"max_pool{nd}d")(gg, idx, shape),
+                     getattr(cyconv.grad, f"max_pool{nd}d")(g64, idx64, shape), dtype,
+                     what="max_pool grad")
+        if d != 1 and d != (1,) * nd:
+            continue
+        for opts in avg_options:
+            if nd == 1 and "divisor_override" in opts:
+                continue
+            f = getattr(cyconv, f"avg_pool{nd}d")
+            assert_close(f(xg, k, s, p, ceil, **opts), f(x64, k, s, p, ceil, **opts), dtype,
+                         what=f"avg_pool {opts}")
+            gg, g64 = pair(f(x64, k, s, p, ceil, **opts).shape)
+            gf = getattr(cyconv.grad, f"avg_pool{nd}d")
+            assert_close(gf(gg, shape, k, s, p, ceil, **opts),
+                         gf(g64, shape, k, s, p, ceil, **opts), dtype,
+                         what=f"avg_pool grad {opts}")
+    for nd, shape, out in adaptive_cases:
+        xg, x64 = pair(shape)
+        f = getattr(cyconv, f"adaptive_avg_pool{nd}d")
+        y64 = f(x64, out)
+        assert_close(f(xg, out), y64, dtype, what="adaptive")
+        gg, g64 = pair(y64.shape)
+        gf = getattr(cyconv.grad, f"adaptive_avg_pool{nd}d")
+        assert_close(gf(gg, shape), gf(g64, shape), dtype, what="adaptive grad")
+    for shape, pad in pad_cases:
+        for mode in ("constant", "reflect", "replicate", "circular"):
+            if mode == "reflect" and any(v >= n for v, n in zip(pad[::2], shape[::-1])):
+                continue
+            xg, x64 = pair(shape)
+            y64 = cyconv.pad(x64, pad, mode)
+            np.testing.assert_array_equal(cupy.asnumpy(cyconv.pad(xg, pad, mode)), y64)
+            gg, g64 = pair(y64.shape)
+            assert_close(cyconv.grad.pad(gg, shape, pad, mode),
+                         cyconv.grad.pad(g64, shape, pad, mode), dtype, what=f"pad {mode}")
+    xg, x64 = pair((3, 4, 5))
+    np.testing.assert_array_equal(cupy.asnumpy(cyconv.relu(xg)), cyconv.relu(x64))
+    wg, w64 = pair((6, 5))
+    bg, b64 = pair((6,))
+    assert_close(cyconv.linear(xg, wg, bg), cyconv.linear(x64, w64, b64), dtype, what="linear")
