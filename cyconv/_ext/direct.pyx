@@ -37,6 +37,8 @@ from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset, memcpy
 
+import numpy as np
+
 from cyconv._ext._types cimport floating
 from cyconv._ext._geom cimport Geom, make_geom
 
@@ -91,6 +93,23 @@ cdef inline void axpy(floating* y, const floating* x, floating a, Py_ssize_t n) 
     cdef Py_ssize_t i
     for i in range(n):
         y[i] = y[i] + a * x[i]
+
+
+cdef extern from "_simd.h" nogil:
+    void cy_taps_acc_f(float* y, const float* src, const float* wt, const Py_ssize_t* off,
+                       Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw)
+    void cy_taps_acc_d(double* y, const double* src, const double* wt, const Py_ssize_t* off,
+                       Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw)
+
+
+cdef inline void taps_acc(floating* y, const floating* src, const floating* wt,
+                          const Py_ssize_t* off, Py_ssize_t KK, Py_ssize_t n,
+                          Py_ssize_t sw) noexcept nogil:
+    """y[j] += sum_t wt[t] * src[j * sw + off[t]] for j in [0, n) (see _simd.h)."""
+    if floating is float:
+        cy_taps_acc_f(y, src, wt, off, KK, n, sw)
+    else:
+        cy_taps_acc_d(y, src, wt, off, KK, n, sw)
 
 
 cdef inline floating dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
@@ -210,22 +229,42 @@ cdef floating* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread, floating du
     return buf
 
 
+cdef Py_ssize_t[::1] _tap_offsets(const Geom* g, const Pad* q, Py_ssize_t sign):
+    """sign * (offset of tap (kd, kh, kw) in a padded plane), taps in weight order."""
+    cdef Py_ssize_t[::1] off = np.empty(_max(1, g.KK), dtype=np.intp)
+    cdef Py_ssize_t kd, kh, kw
+    for kd in range(g.KD):
+        for kh in range(g.KH):
+            for kw in range(g.KW):
+                off[(kd * g.KH + kh) * g.KW + kw] = sign * (
+                    (kd * g.DD * q.Hp + kh * g.DH) * q.Wp + kw * g.DW)
+    return off
+
+
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
                  floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes):
     """y[n] = conv(x[n], w) + b, one (sample, group) per work item.
 
     x (N, C_img * D*H*W), w (C_col, CKK), b (C_col,) or empty, y (N, C_col * P).
+    With unit strides the output is computed on the padded plane's own grid (row length
+    Wp, plane Hp*Wp) in one ``taps_acc`` sweep per input channel; otherwise row by row.
     """
     cdef Geom g = make_geom(geom)
     cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef bint has_bias = b.shape[0] > 0
-    cdef Py_ssize_t per_thread = g.Cg * q.plane + q.wide
+    cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
+    cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
+    cdef const Py_ssize_t* off = &offs[0]
+    # unit strides: yw[(od*Hp + oh)*Wp + ow]; else yw[(od*OH + oh)*OW + ow]
+    cdef Py_ssize_t span = ((g.OD - 1) * q.Hp + g.OH) * q.Wp if unit else g.P
+    cdef Py_ssize_t per_thread = g.Cg * q.plane + span
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw
+    cdef Py_ssize_t it, n, gi, c, k, od, oh, ow
     cdef floating* xp = NULL
     cdef floating* yw
-    cdef const floating* wk
+    cdef floating* yk
+    cdef floating bv
     try:
         with nogil, parallel(num_threads=n_threads):
             xp = scratch + threadid() * per_thread
@@ -237,16 +276,29 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                     pad_plane(&x[n, 0] + (gi * g.Cg + c) * g.img_plane, xp + c * q.plane,
                               &g, &q)
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                    memset(yw, 0, q.wide * sizeof(floating))
-                    wk = &w[k, 0]
+                    memset(yw, 0, span * sizeof(floating))
                     for c in range(g.Cg):
-                        for kd in range(g.KD):
-                            for kh in range(g.KH):
-                                for kw in range(g.KW):
-                                    tap_forward(yw, xp + c * q.plane,
-                                                wk[((c * g.KD + kd) * g.KH + kh) * g.KW + kw],
-                                                kd, kh, kw, &g, &q)
-                    unstage_wide(yw, &y[n, 0] + k * g.P, b[k] if has_bias else 0, &g, &q)
+                        if unit:
+                            taps_acc(yw, xp + c * q.plane, &w[k, 0] + c * g.KK, off, g.KK,
+                                     span, 1)
+                        else:
+                            for od in range(g.OD):
+                                for oh in range(g.OH):
+                                    taps_acc(yw + (od * g.OH + oh) * g.OW,
+                                             xp + c * q.plane
+                                             + (od * g.SD * q.Hp + oh * g.SH) * q.Wp,
+                                             &w[k, 0] + c * g.KK, off, g.KK, g.OW, g.SW)
+                    bv = b[k] if has_bias else 0
+                    yk = &y[n, 0] + k * g.P
+                    if unit:
+                        for od in range(g.OD):
+                            for oh in range(g.OH):
+                                for ow in range(g.OW):
+                                    yk[(od * g.OH + oh) * g.OW + ow] = (
+                                        yw[(od * q.Hp + oh) * q.Wp + ow] + bv)
+                    else:
+                        for ow in range(g.P):
+                            yk[ow] = yw[ow] + bv
     finally:
         free(scratch)
 
@@ -257,17 +309,28 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
     """gx[n] = conv_input(gy[n], w) (+ b), one (sample, group) per work item.
 
     gy (N, C_col * P), w (C_col, CKK), b (C_img,) or empty, gx (N, C_img * D*H*W).
+    With unit strides each output-gradient plane is staged on the padded plane's grid
+    (zeros off the output, a front margin of the largest tap offset) and gathered with
+    negated tap offsets: ``gxp[i] += sum_t w[t] * G[i - off[t]]``.  Otherwise every tap
+    is scattered row by row (``tap_backward``).
     """
     cdef Geom g = make_geom(geom)
     cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = gy.shape[0]
     cdef bint has_bias = b.shape[0] > 0
-    cdef Py_ssize_t per_thread = g.Cg * q.plane + q.wide
+    cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
+    cdef Py_ssize_t[::1] noffs = _tap_offsets(&g, &q, -1)
+    cdef const Py_ssize_t* noff = &noffs[0]
+    cdef Py_ssize_t area = q.Dp * q.Hp * q.Wp
+    cdef Py_ssize_t margin = -noffs[g.KK - 1]
+    cdef Py_ssize_t stage = margin + area if unit else q.wide
+    cdef Py_ssize_t per_thread = g.Cg * q.plane + stage
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw
+    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw, od, oh
     cdef floating* xp = NULL
     cdef floating* gw
     cdef const floating* wk
+    cdef const floating* gyk
     try:
         with nogil, parallel(num_threads=n_threads):
             xp = scratch + threadid() * per_thread
@@ -277,15 +340,26 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
                 gi = it % g.G
                 memset(xp, 0, g.Cg * q.plane * sizeof(floating))
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                    stage_wide(&gy[n, 0] + k * g.P, gw, &g, &q)
                     wk = &w[k, 0]
-                    for c in range(g.Cg):
-                        for kd in range(g.KD):
-                            for kh in range(g.KH):
-                                for kw in range(g.KW):
-                                    tap_backward(xp + c * q.plane, gw,
-                                                 wk[((c * g.KD + kd) * g.KH + kh) * g.KW + kw],
-                                                 kd, kh, kw, &g, &q)
+                    gyk = &gy[n, 0] + k * g.P
+                    if unit:
+                        memset(gw, 0, stage * sizeof(floating))
+                        for od in range(g.OD):
+                            for oh in range(g.OH):
+                                memcpy(gw + margin + (od * q.Hp + oh) * q.Wp,
+                                       gyk + (od * g.OH + oh) * g.OW, g.OW * sizeof(floating))
+                        for c in range(g.Cg):
+                            taps_acc(xp + c * q.plane, gw + margin, wk + c * g.KK, noff,
+                                     g.KK, area, 1)
+                    else:
+                        stage_wide(gyk, gw, &g, &q)
+                        for c in range(g.Cg):
+                            for kd in range(g.KD):
+                                for kh in range(g.KH):
+                                    for kw in range(g.KW):
+                                        tap_backward(xp + c * q.plane, gw,
+                                                     wk[((c * g.KD + kd) * g.KH + kh) * g.KW + kw],
+                                                     kd, kh, kw, &g, &q)
                 for c in range(g.Cg):
                     crop_plane(xp + c * q.plane, &gx[n, 0] + (gi * g.Cg + c) * g.img_plane,
                                b[gi * g.Cg + c] if has_bias else 0, &g, &q)
