@@ -7,9 +7,10 @@ written by exactly one thread, so the scatter-adds of the backward kernels need 
 atomics, and results are bit-identical for any thread count.  ReLU and pad split
 element blocks or output rows the same way.
 
-The callers (:mod:`cyconv._cpu_pool`) have checked every argument; each ``def`` below
-re-checks only the array extents it indexes with, so no call can read or write out of
-bounds.
+The callers (:mod:`cyconv._cpu_pool`) pass geometries checked by :mod:`cyconv._params`;
+each ``def`` below re-checks the array extents against the geometry it is given (and
+the pad maps against the input), and every window is clipped to the plane, so a call
+cannot read or write out of bounds.
 
 Notes
 -----
