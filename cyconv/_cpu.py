@@ -123,3 +123,11 @@ def conv_backward_weight(p, x, gy, algorithm):
 def bias_grad(gy, axes):
     """Sum over ``axes`` in float64 blocks, returned in gy's dtype."""
     return np.add.reduce(gy, axis=axes, dtype=np.float64).astype(gy.dtype, copy=False)
+
+
+# Pooling, padding, ReLU and linear: the rest of the CPU backend (after the helpers above,
+# which they use).
+from ._cpu_pool import (adaptive_avg_pool_backward, adaptive_avg_pool_forward,  # noqa: E402
+                        avg_pool_backward, avg_pool_forward, linear_forward,
+                        max_pool_backward, max_pool_forward, pad_backward, pad_forward,
+                        relu_backward, relu_forward)

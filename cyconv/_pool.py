@@ -33,10 +33,7 @@ def _prepare(op, **arrays):
 
 
 def _backend(xp_name):
-    """The module that runs these ops for arrays of ``xp_name``."""
-    if xp_name == "numpy":
-        from . import _cpu_pool
-        return _cpu_pool
+    """The module that runs these ops for arrays of ``xp_name`` (_cpu or _gpu)."""
     return _dispatch.backend(xp_name)
 
 
