@@ -14,7 +14,6 @@ import io
 import subprocess
 import sys
 import textwrap
-import warnings
 
 import numpy as np
 import pytest
@@ -127,7 +126,8 @@ def test_conv_padding_beyond_torch(nd, form, dtype):
     """'same' for stride > 1 (TensorFlow's rule) and (before, after) pairs: the torch
     reference pads explicitly with F.pad and runs a 'valid' convolution."""
     size = {1: (10,), 2: (9, 10), 3: (7, 6, 5)}[nd]
-    x, w, b = _rand((2, 3) + size, dtype, 0), _rand((4, 3) + (3,) * nd, dtype, 1), None
+    x, w, b = _rand((2, 3) + size, dtype, 0), _rand((4, 3) + (3,) * nd, dtype, 1), \
+        _rand((4,), dtype, 2)
     if form == "same-stride2":
         kw = dict(padding="same", stride=2)
         # out = ceil(in / 2); total = (out - 1) * 2 + 3 - in, the odd unit after.
@@ -141,9 +141,9 @@ def test_conv_padding_beyond_torch(nd, form, dtype):
     flat = [v for pr in reversed(pairs) for v in pr]
     ours = getattr(ct, f"conv{nd}d")
     ref = getattr(F, f"conv{nd}d")
-    out, grads = _run(lambda x, w: ours(x, w, **kw), [x, w])
-    ref_out, ref_grads = _run(lambda x, w: ref(F.pad(x, flat), w, stride=kw["stride"]),
-                              _widen([x, w]))
+    out, grads = _run(lambda x, w, b: ours(x, w, b, **kw), [x, w, b])
+    ref_out, ref_grads = _run(lambda x, w, b: ref(F.pad(x, flat), w, b, stride=kw["stride"]),
+                              _widen([x, w, b]))
     _check_against(out, grads, ref_out, ref_grads, dtype, f"conv{nd}d {form}")
 
 
