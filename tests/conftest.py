@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import subprocess
 import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+TESTS_DIR = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, TESTS_DIR)
 
 import reference  # noqa: E402
 
@@ -529,3 +531,38 @@ SPECIAL_CONV_CASES = [
     ConvCase(3, 2, 3, 3, 3, (5, 6, 7), (3, 3, 3), padding=1, layout="negative", bias=True),
     ConvCase(2, 2, 8, 8, 8, (7, 9), (3, 3), padding=1, layout="channels_last"),
 ]
+
+
+# -- child processes ----------------------------------------------------------------------------
+
+def run_python(args, timeout, env=None):
+    """Run ``python *args`` in a child process that imports the cyconv under test.
+
+    The child gets this cyconv's directory and the tests directory on ``PYTHONPATH``,
+    faulthandler on (a crash prints a traceback), and ``env`` on top of the current
+    environment (a value of None removes a variable).  A hang past ``timeout`` seconds
+    fails the calling test.  Returns the ``CompletedProcess`` (text output).
+    """
+    import cyconv
+    child_env = dict(os.environ)
+    paths = [os.path.dirname(os.path.dirname(os.path.abspath(cyconv.__file__))), TESTS_DIR]
+    if child_env.get("PYTHONPATH"):
+        paths.append(child_env["PYTHONPATH"])
+    child_env["PYTHONPATH"] = os.pathsep.join(paths)
+    child_env["PYTHONFAULTHANDLER"] = "1"
+    for key, value in (env or {}).items():
+        if value is None:
+            child_env.pop(key, None)
+        else:
+            child_env[key] = str(value)
+    try:
+        return subprocess.run([sys.executable, *args], capture_output=True, text=True,
+                              timeout=timeout, env=child_env, cwd=TESTS_DIR)
+    except subprocess.TimeoutExpired:
+        shown = ["-c <script>" if a == "-c" else a for a in args if a not in _scripts(args)]
+        pytest.fail(f"child process {' '.join(map(str, shown))} hung (no result within "
+                    f"{timeout} s)", pytrace=False)
+
+
+def _scripts(args):
+    return [args[i + 1] for i, a in enumerate(args[:-1]) if a == "-c"]
