@@ -12,7 +12,9 @@ What is here
   :func:`adaptive_avg_pool1d` ... :func:`adaptive_avg_pool3d` and :func:`pad`.
   Each takes and returns ``torch.Tensor`` s and records itself on the autograd tape.
 - The autograd functions behind them (``Conv2dFunction``, ``ConvTranspose2dFunction``,
-  ``MaxPool2dFunction``, ...), for code that wants to call ``.apply`` itself.
+  ``MaxPool2dFunction``, ...) and behind their backward passes (``Conv2dInputFunction``,
+  ``Conv2dWeightFunction``, ``BiasGradFunction``, ``MaxPool2dBackwardFunction``, ...),
+  for code that wants to call ``.apply`` itself.
 - Drop-in modules (:class:`Conv2d`, :class:`ConvTranspose2d`, :class:`MaxPool2d`, ...):
   subclasses of the ``torch.nn`` classes that only change how the output is computed.
 - :func:`convert`: turns every convolution (and pooling) layer of an existing model
@@ -33,8 +35,9 @@ Differences from ``torch.nn.functional``
   ``RuntimeError`` for some of them).
 - ``padding`` of the convolutions accepts everything cyconv accepts: ``'same'`` for
   every stride (TensorFlow's rule) and ``(before, after)`` pairs per spatial dim.
-- The functions are differentiable once: the backward pass is not itself recorded, so
-  double backward (``create_graph=True`` followed by a second ``backward``) raises.
+- Derivatives of any order work (``create_graph=True``, gradient penalties,
+  Hessian-vector products): every backward pass is itself built from these autograd
+  functions, so it too runs on cyconv kernels.
 - dtypes: float32 and float64 on the CPU; float16 too on CUDA.
 
 Examples
@@ -50,7 +53,6 @@ Examples
 from __future__ import annotations
 
 import contextlib
-import functools
 import importlib
 import os
 import warnings
@@ -87,10 +89,13 @@ __all__ = (
     + ["pad", "convert"]
     + [f"Conv{nd}d" for nd in (1, 2, 3)] + [f"ConvTranspose{nd}d" for nd in (1, 2, 3)]
     + [f"{kind}Pool{nd}d" for kind in ("Max", "Avg", "AdaptiveAvg") for nd in (1, 2, 3)]
-    + [f"Conv{nd}dFunction" for nd in (1, 2, 3)]
-    + [f"ConvTranspose{nd}dFunction" for nd in (1, 2, 3)]
-    + [f"{kind}Pool{nd}dFunction" for kind in ("Max", "Avg", "AdaptiveAvg") for nd in (1, 2, 3)]
-    + ["PadFunction"])
+    + [f"{kind}{nd}d{suffix}Function" for nd in (1, 2, 3)
+       for kind, suffix in (("Conv", ""), ("Conv", "Input"), ("Conv", "Weight"),
+                            ("ConvTranspose", ""), ("ConvTranspose", "Input"),
+                            ("ConvTranspose", "Weight"), ("MaxPool", ""), ("MaxPool", "Backward"),
+                            ("AvgPool", ""), ("AvgPool", "Backward"), ("AdaptiveAvgPool", ""),
+                            ("AdaptiveAvgPool", "Backward"))]
+    + ["BiasGradFunction", "PadFunction", "PadBackwardFunction"])
 
 
 # -- crossing between tensors and arrays ---------------------------------------------------
@@ -173,143 +178,197 @@ def _plain(v):
     return tuple(_plain(e) for e in v) if isinstance(v, (list, tuple)) else v
 
 
-def _differentiable_once(backward):
-    """Make a backward pass refuse to be recorded (double backward) with a clear error.
+def _fn(name, nd):
+    """This module's autograd function ``name.format(nd) + 'Function'``, e.g.
+    ``_fn('Conv{}dInput', 2)`` is :class:`Conv2dInputFunction`."""
+    return globals()[name.format(nd) + "Function"]
 
-    With ``create_graph=True`` autograd runs backward passes with grad mode on and
-    expects them to be differentiable; cyconv's gradient kernels are not recorded, so
-    going on would silently drop the second-order terms.
-    """
-    @functools.wraps(backward)
-    def wrapper(ctx, *grad_outputs):
-        if torch.is_grad_enabled():
-            name = type(ctx).__name__.replace("Backward", "")
-            raise RuntimeError(
-                f"cyconv.torch: {name} is differentiable once; a backward pass with "
-                f"create_graph=True (double backward) through it is not supported")
-        return backward(ctx, *grad_outputs)
-    return wrapper
+
+def _run(op, fn, **tensors):
+    """``fn(*arrays)``: the named tensors checked and crossed to arrays (in order), the
+    work done on the first one's device, the result crossed back to a tensor."""
+    _check_tensors(op, **tensors)
+    with _device_of(next(iter(tensors.values()))):
+        arrays = [_to_array(t, op, name) for name, t in tensors.items()]
+        return _to_tensor(fn(*arrays))
 
 
 # -- autograd functions: convolutions -------------------------------------------------------
+#
+# A convolution y = conv(x, w) is bilinear, and so are its two gradients,
+#     gx = conv_input(gy, w)        (cyconv.grad.conv{nd}d_input)
+#     gw = conv_weight(x, gy)       (cyconv.grad.conv{nd}d_weight).
+# Each of the three is the adjoint of another in one argument:
+#     <ggx, conv_input(gy, w)> = <conv(ggx, w), gy>
+#     <ggw, conv_weight(x, gy)> = <conv(x, ggw), gy>
+# so the gradients of the gradients are again conv, conv_input and conv_weight.  Each is an
+# autograd function whose backward pass applies the others: derivatives of any order
+# (double backward, gradient penalties, Hessian-vector products) run on cyconv kernels.
+# A transposed convolution is the same family with its own three functions
+# (conv_transpose, cyconv.grad.conv_transpose{nd}d_input and _weight), whose explicit
+# output sizes make output_padding exact in every direction.
 
-class _ConvFunctionBase(torch.autograd.Function):
-    """``y = conv{nd}d(x, w, b)`` with cyconv's forward and gradient kernels.
+_CONV_ARGS = ("stride", "padding", "dilation", "groups", "algorithm")
+_CONV_TRANSPOSE_ARGS = ("stride", "padding", "output_padding", "groups", "dilation",
+                        "algorithm")
 
-    ``apply(input, weight, bias, stride, padding, dilation, groups, algorithm)``.
+
+class _ConvFamily:
+    """Names shared by the three functions of a convolution family."""
+    _nd = 0
+    _transposed = False
+
+    @classmethod
+    def _op(cls):
+        return f"conv_transpose{cls._nd}d" if cls._transposed else f"conv{cls._nd}d"
+
+    @classmethod
+    def _cls(cls, role):
+        """The family's ``''`` (forward), ``'Input'`` or ``'Weight'`` function."""
+        kind = "ConvTranspose{}d" if cls._transposed else "Conv{}d"
+        return _fn(kind + role, cls._nd)
+
+    @classmethod
+    def _forward(cls, input, weight, bias, kw):
+        """The family's forward function applied with keyword arguments ``kw``."""
+        names = _CONV_TRANSPOSE_ARGS if cls._transposed else _CONV_ARGS
+        return cls._cls("").apply(input, weight, bias, *(kw[n] for n in names))
+
+
+class _ConvFunctionBase(_ConvFamily, torch.autograd.Function):
+    """``y = {op}(x, w, b)`` on cyconv's kernels, differentiable to any order.
+
+    ``apply({args})``.
 
     Notes
     -----
-    The gradients are ``gx = cyconv.grad.conv{nd}d_input(x.shape, w, gy)``,
-    ``gw = cyconv.grad.conv{nd}d_weight(x, w.shape, gy)`` and
-    ``gb = cyconv.grad.bias(gy)`` (summed over every axis but the channel axis); each is
-    computed only when autograd needs it.
+    Backward: ``gx = {Name}InputFunction(gy, w)`` (``cyconv.grad.{op}_input``),
+    ``gw = {Name}WeightFunction(x, gy)`` (``cyconv.grad.{op}_weight``) and
+    ``gb = BiasGradFunction(gy)`` (``cyconv.grad.bias``), each only when needed.
     """
-    _nd = 0
 
     @staticmethod
-    def forward(ctx, input, weight, bias, stride, padding, dilation, groups, algorithm):
-        nd = ctx._forward_cls._nd
-        op = f"conv{nd}d"
+    def forward(ctx, input, weight, bias, *args):
+        cls = ctx._forward_cls
+        op = cls._op()
+        kw = dict(zip(_CONV_TRANSPOSE_ARGS if cls._transposed else _CONV_ARGS, args))
         _check_tensors(op, input=input, weight=weight, bias=bias)
         with _device_of(input):
-            y = getattr(cyconv, op)(
+            y = _to_tensor(getattr(cyconv, op)(
                 _to_array(input, op, "input"), _to_array(weight, op, "weight"),
-                _to_array(bias, op, "bias"), stride, padding, dilation, groups,
-                algorithm=algorithm)
-            y = _to_tensor(y)
+                _to_array(bias, op, "bias"), **kw))
         ctx.save_for_backward(input, weight)
-        ctx.args = (stride, padding, dilation, groups)
+        ctx.kw = kw
         return y
 
     @staticmethod
-    @_differentiable_once
     def backward(ctx, grad_output):
-        nd = ctx._forward_cls._nd
-        op = f"conv{nd}d"
+        cls = ctx._forward_cls
         x, w = ctx.saved_tensors
-        stride, padding, dilation, groups = ctx.args
         need_x, need_w, need_b = ctx.needs_input_grad[:3]
         gx = gw = gb = None
-        with _device_of(grad_output):
-            gy = _to_array(grad_output, op, "grad_output")
-            if need_x:
-                gx = _to_tensor(getattr(_grad, f"{op}_input")(
-                    tuple(x.shape), _to_array(w, op, "weight"), gy, stride, padding,
-                    dilation, groups))
-            if need_w:
-                gw = _to_tensor(getattr(_grad, f"{op}_weight")(
-                    _to_array(x, op, "input"), tuple(w.shape), gy, stride, padding,
-                    dilation, groups))
-            if need_b:
-                gb = _to_tensor(_grad.bias(gy, channel_axis=1 if x.dim() == nd + 2 else 0))
-        return gx, gw, gb, None, None, None, None, None
+        if need_x:
+            gx = cls._cls("Input").apply(grad_output, w, tuple(x.shape), ctx.kw)
+        if need_w:
+            gw = cls._cls("Weight").apply(x, grad_output, tuple(w.shape), ctx.kw)
+        if need_b:
+            gb = BiasGradFunction.apply(grad_output, 1 if x.dim() == cls._nd + 2 else 0)
+        return (gx, gw, gb) + (None,) * (len(ctx.kw))
 
 
-class _ConvTransposeFunctionBase(torch.autograd.Function):
-    """``y = conv_transpose{nd}d(x, w, b)`` with cyconv's kernels.
+class _ConvInputFunctionBase(_ConvFamily, torch.autograd.Function):
+    """``gx = cyconv.grad.{op}_input(input_size, w, gy, **kw)`` as an autograd function.
 
-    ``apply(input, weight, bias, stride, padding, output_padding, groups, dilation,
-    algorithm)``.
-
-    Notes
-    -----
-    A transposed convolution is the input gradient of a convolution, so its own input
-    gradient is a convolution: ``gx = cyconv.grad.conv_transpose{nd}d_input(x.shape, w,
-    gy)``; ``gw = cyconv.grad.conv_transpose{nd}d_weight(x, w.shape, gy)``;
-    ``gb = cyconv.grad.bias(gy)``.
+    ``apply(grad_output, weight, input_size, kw)`` with ``kw`` the op's keyword
+    arguments; its gradients are ``{op}(ggx, w)`` for ``grad_output`` and
+    ``{op}_weight(ggx, gy)`` for ``weight``.
     """
-    _nd = 0
 
     @staticmethod
-    def forward(ctx, input, weight, bias, stride, padding, output_padding, groups, dilation,
-                algorithm):
-        nd = ctx._forward_cls._nd
-        op = f"conv_transpose{nd}d"
-        _check_tensors(op, input=input, weight=weight, bias=bias)
-        with _device_of(input):
-            y = getattr(cyconv, op)(
-                _to_array(input, op, "input"), _to_array(weight, op, "weight"),
-                _to_array(bias, op, "bias"), stride, padding, output_padding, groups,
-                dilation, algorithm=algorithm)
-            y = _to_tensor(y)
-        ctx.save_for_backward(input, weight)
-        ctx.args = (stride, padding, output_padding, groups, dilation)
-        return y
+    def forward(ctx, grad_output, weight, input_size, kw):
+        op = f"{ctx._forward_cls._op()}_input"
+        gx = _run(op, lambda gy, w: getattr(_grad, op)(input_size, w, gy, **kw),
+                  grad_output=grad_output, weight=weight)
+        ctx.save_for_backward(grad_output, weight)
+        ctx.kw = kw
+        return gx
 
     @staticmethod
-    @_differentiable_once
-    def backward(ctx, grad_output):
-        nd = ctx._forward_cls._nd
-        op = f"conv_transpose{nd}d"
-        x, w = ctx.saved_tensors
-        stride, padding, output_padding, groups, dilation = ctx.args
-        need_x, need_w, need_b = ctx.needs_input_grad[:3]
-        gx = gw = gb = None
-        with _device_of(grad_output):
-            gy = _to_array(grad_output, op, "grad_output")
-            if need_x:
-                gx = _to_tensor(getattr(_grad, f"{op}_input")(
-                    tuple(x.shape), _to_array(w, op, "weight"), gy, stride, padding,
-                    output_padding, groups, dilation))
-            if need_w:
-                gw = _to_tensor(getattr(_grad, f"{op}_weight")(
-                    _to_array(x, op, "input"), tuple(w.shape), gy, stride, padding,
-                    output_padding, groups, dilation))
-            if need_b:
-                gb = _to_tensor(_grad.bias(gy, channel_axis=1 if x.dim() == nd + 2 else 0))
-        return gx, gw, gb, None, None, None, None, None, None
+    def backward(ctx, ggx):
+        cls = ctx._forward_cls
+        gy, w = ctx.saved_tensors
+        d_gy = d_w = None
+        if ctx.needs_input_grad[0]:
+            d_gy = cls._forward(ggx, w, None, ctx.kw)
+        if ctx.needs_input_grad[1]:
+            d_w = cls._cls("Weight").apply(ggx, gy, tuple(w.shape), ctx.kw)
+        return d_gy, d_w, None, None
+
+
+class _ConvWeightFunctionBase(_ConvFamily, torch.autograd.Function):
+    """``gw = cyconv.grad.{op}_weight(x, weight_size, gy, **kw)`` as an autograd function.
+
+    ``apply(input, grad_output, weight_size, kw)``; its gradients are
+    ``{op}_input(gy, ggw)`` for ``input`` and ``{op}(x, ggw)`` for ``grad_output``.
+    """
+
+    @staticmethod
+    def forward(ctx, input, grad_output, weight_size, kw):
+        op = f"{ctx._forward_cls._op()}_weight"
+        gw = _run(op, lambda x, gy: getattr(_grad, op)(x, weight_size, gy, **kw),
+                  input=input, grad_output=grad_output)
+        ctx.save_for_backward(input, grad_output)
+        ctx.kw = kw
+        return gw
+
+    @staticmethod
+    def backward(ctx, ggw):
+        cls = ctx._forward_cls
+        x, gy = ctx.saved_tensors
+        d_x = d_gy = None
+        if ctx.needs_input_grad[0]:
+            d_x = cls._cls("Input").apply(gy, ggw, tuple(x.shape), ctx.kw)
+        if ctx.needs_input_grad[1]:
+            d_gy = cls._forward(x, ggw, None, ctx.kw)
+        return d_x, d_gy, None, None
+
+
+class BiasGradFunction(torch.autograd.Function):
+    """``gb = cyconv.grad.bias(gy, channel_axis)``: ``gy`` summed over every other axis.
+
+    ``apply(grad_output, channel_axis)``; its gradient broadcasts ``ggb`` back over
+    ``grad_output``'s shape.
+    """
+
+    @staticmethod
+    def forward(ctx, grad_output, channel_axis):
+        gb = _run("bias", lambda gy: _grad.bias(gy, channel_axis=channel_axis),
+                  grad_output=grad_output)
+        ctx.shape = tuple(grad_output.shape)
+        ctx.channel_axis = channel_axis
+        return gb
+
+    @staticmethod
+    def backward(ctx, ggb):
+        view = [1] * len(ctx.shape)
+        view[ctx.channel_axis] = -1
+        return ggb.reshape(view).expand(ctx.shape), None
 
 
 # -- autograd functions: pooling and pad ------------------------------------------------------
+#
+# Pooling and padding are linear in their input (max pooling once its indices are fixed),
+# so each backward pass is the adjoint operator, whose own gradient is the forward operator
+# again: average pooling <-> cyconv.grad.avg_pool, pad <-> cyconv.grad.pad, and the max-pool
+# scatter (cyconv.grad.max_pool) <-> a gather at the same indices.
 
 class _MaxPoolFunctionBase(torch.autograd.Function):
-    """``max_pool{nd}d`` with cyconv's kernels.
+    """``max_pool{nd}d`` on cyconv's kernels.
 
     ``apply(input, kernel_size, stride, padding, dilation, ceil_mode, return_indices)``
-    returns the output, or ``(output, indices)`` when ``return_indices`` (the indices
-    are int64 and not differentiable).  The backward pass scatters ``grad_output`` to
-    the recorded maxima with ``cyconv.grad.max_pool{nd}d``.
+    returns the output, or ``(output, indices)`` when ``return_indices`` (int64, not
+    differentiable).  Backward: ``MaxPool{nd}dBackwardFunction(gy, indices)``, the
+    scatter of ``cyconv.grad.max_pool{nd}d``.
     """
     _nd = 0
 
@@ -317,12 +376,13 @@ class _MaxPoolFunctionBase(torch.autograd.Function):
     def forward(ctx, input, kernel_size, stride, padding, dilation, ceil_mode,
                 return_indices):
         op = f"max_pool{ctx._forward_cls._nd}d"
+        _check_tensors(op, input=input)
         want_indices = bool(return_indices) or ctx.needs_input_grad[0]
         with _device_of(input):
             out = getattr(cyconv, op)(_to_array(input, op, "input"), kernel_size, stride,
                                       padding, dilation, ceil_mode,
                                       return_indices=want_indices)
-            y, idx = (out if want_indices else (out, None))
+            y, idx = out if want_indices else (out, None)
             y = _to_tensor(y)
             idx = None if idx is None else _to_tensor(idx)
         ctx.input_shape = tuple(input.shape)
@@ -334,32 +394,53 @@ class _MaxPoolFunctionBase(torch.autograd.Function):
         return y
 
     @staticmethod
-    @_differentiable_once
     def backward(ctx, grad_output, grad_indices=None):
-        op = f"max_pool{ctx._forward_cls._nd}d"
         (idx,) = ctx.saved_tensors
-        with _device_of(grad_output):
-            gx = getattr(_grad, op)(_to_array(grad_output, op, "grad_output"),
-                                    _to_indices(idx), ctx.input_shape)
-            gx = _to_tensor(gx)
+        gx = _fn("MaxPool{}dBackward", ctx._forward_cls._nd).apply(grad_output, idx,
+                                                                   ctx.input_shape)
         return gx, None, None, None, None, None, None
+
+
+class _MaxPoolBackwardFunctionBase(torch.autograd.Function):
+    """``cyconv.grad.max_pool{nd}d(gy, indices, input_size)`` as an autograd function:
+    each ``gy`` element added at its index.  Its gradient gathers at the indices."""
+    _nd = 0
+
+    @staticmethod
+    def forward(ctx, grad_output, indices, input_size):
+        op = f"max_pool{ctx._forward_cls._nd}d"
+        _check_tensors(op, grad_output=grad_output, indices=indices)
+        with _device_of(grad_output):
+            gx = _to_tensor(getattr(_grad, op)(_to_array(grad_output, op, "grad_output"),
+                                               _to_indices(indices), input_size))
+        ctx.save_for_backward(indices)
+        return gx
+
+    @staticmethod
+    def backward(ctx, ggx):
+        (idx,) = ctx.saved_tensors
+        nd = ctx._forward_cls._nd
+        plane = ggx.flatten(start_dim=ggx.dim() - nd)
+        return plane.gather(-1, idx.flatten(start_dim=idx.dim() - nd)).view(idx.shape), \
+            None, None
 
 
 def _to_indices(t):
     """The int64 indices tensor of a max pooling as a NumPy/CuPy array (no copy)."""
-    t = t.detach()
+    if t.dtype != torch.int64:
+        raise TypeError(f"max_pool: indices must be int64, got {t.dtype}")
+    t = t.detach().contiguous()
     if t.device.type == "cpu":
-        return t.contiguous().numpy()
-    return _cupy("max_pool").from_dlpack(t.contiguous())
+        return t.numpy()
+    return _cupy("max_pool").from_dlpack(t)
 
 
 class _AvgPoolFunctionBase(torch.autograd.Function):
-    """``avg_pool{nd}d`` with cyconv's kernels.
+    """``avg_pool{nd}d`` on cyconv's kernels.
 
     ``apply(input, kernel_size, stride, padding, ceil_mode, count_include_pad,
-    divisor_override)`` (``divisor_override`` must be None for 1-D).  The backward pass
-    spreads each ``grad_output`` element over its window with
-    ``cyconv.grad.avg_pool{nd}d``.
+    divisor_override)`` (``divisor_override`` must be None for 1-D).  Backward:
+    ``AvgPool{nd}dBackwardFunction`` (``cyconv.grad.avg_pool{nd}d``).
     """
     _nd = 0
 
@@ -374,81 +455,138 @@ class _AvgPoolFunctionBase(torch.autograd.Function):
         elif divisor_override is not None:
             raise ValueError(f"{op}: divisor_override is not an argument of avg_pool1d "
                              f"(as in PyTorch), got {divisor_override!r}")
-        with _device_of(input):
-            y = _to_tensor(getattr(cyconv, op)(_to_array(input, op, "input"), *args))
+        y = _run(op, lambda x: getattr(cyconv, op)(x, *args), input=input)
         ctx.input_shape = tuple(input.shape)
-        ctx.args = args
+        ctx.args = (kernel_size, stride, padding, ceil_mode, count_include_pad,
+                    divisor_override)
         return y
 
     @staticmethod
-    @_differentiable_once
     def backward(ctx, grad_output):
-        op = f"avg_pool{ctx._forward_cls._nd}d"
-        with _device_of(grad_output):
-            gx = getattr(_grad, op)(_to_array(grad_output, op, "grad_output"),
-                                    ctx.input_shape, *ctx.args)
-            gx = _to_tensor(gx)
+        gx = _fn("AvgPool{}dBackward", ctx._forward_cls._nd).apply(
+            grad_output, ctx.input_shape, *ctx.args)
         return gx, None, None, None, None, None, None
 
 
+class _AvgPoolBackwardFunctionBase(torch.autograd.Function):
+    """``cyconv.grad.avg_pool{nd}d`` as an autograd function: ``apply(grad_output,
+    input_size, kernel_size, stride, padding, ceil_mode, count_include_pad,
+    divisor_override)``.  Its gradient is ``avg_pool{nd}d`` itself."""
+    _nd = 0
+
+    @staticmethod
+    def forward(ctx, grad_output, input_size, *args):
+        nd = ctx._forward_cls._nd
+        op = f"avg_pool{nd}d"
+        pos = args if nd > 1 else args[:-1]      # avg_pool1d has no divisor_override
+        gx = _run(op, lambda gy: getattr(_grad, op)(gy, input_size, *pos),
+                  grad_output=grad_output)
+        ctx.args = args
+        return gx
+
+    @staticmethod
+    def backward(ctx, ggx):
+        d_gy = _fn("AvgPool{}d", ctx._forward_cls._nd).apply(ggx, *ctx.args)
+        return (d_gy,) + (None,) * (1 + len(ctx.args))
+
+
 class _AdaptiveAvgPoolFunctionBase(torch.autograd.Function):
-    """``adaptive_avg_pool{nd}d`` with cyconv's kernels: ``apply(input, output_size)``."""
+    """``adaptive_avg_pool{nd}d`` on cyconv's kernels: ``apply(input, output_size)``.
+    Backward: ``AdaptiveAvgPool{nd}dBackwardFunction``."""
     _nd = 0
 
     @staticmethod
     def forward(ctx, input, output_size):
         op = f"adaptive_avg_pool{ctx._forward_cls._nd}d"
-        with _device_of(input):
-            y = _to_tensor(getattr(cyconv, op)(_to_array(input, op, "input"), output_size))
+        y = _run(op, lambda x: getattr(cyconv, op)(x, output_size), input=input)
         ctx.input_shape = tuple(input.shape)
         return y
 
     @staticmethod
-    @_differentiable_once
     def backward(ctx, grad_output):
-        op = f"adaptive_avg_pool{ctx._forward_cls._nd}d"
-        with _device_of(grad_output):
-            gx = getattr(_grad, op)(_to_array(grad_output, op, "grad_output"),
-                                    ctx.input_shape)
-            gx = _to_tensor(gx)
+        gx = _fn("AdaptiveAvgPool{}dBackward", ctx._forward_cls._nd).apply(
+            grad_output, ctx.input_shape)
         return gx, None
 
 
+class _AdaptiveAvgPoolBackwardFunctionBase(torch.autograd.Function):
+    """``cyconv.grad.adaptive_avg_pool{nd}d(gy, input_size)`` as an autograd function.
+    Its gradient is ``adaptive_avg_pool{nd}d`` to ``gy``'s size."""
+    _nd = 0
+
+    @staticmethod
+    def forward(ctx, grad_output, input_size):
+        op = f"adaptive_avg_pool{ctx._forward_cls._nd}d"
+        gx = _run(op, lambda gy: getattr(_grad, op)(gy, input_size), grad_output=grad_output)
+        ctx.output_size = tuple(grad_output.shape[grad_output.dim() - ctx._forward_cls._nd:])
+        return gx
+
+    @staticmethod
+    def backward(ctx, ggx):
+        return _fn("AdaptiveAvgPool{}d", ctx._forward_cls._nd).apply(ggx, ctx.output_size), \
+            None
+
+
 class PadFunction(torch.autograd.Function):
-    """``pad(input, pad, mode, value)`` with cyconv's kernels (``torch.nn.functional.pad``
-    semantics); the backward pass folds the padding back with ``cyconv.grad.pad``."""
+    """``pad(input, pad, mode, value)`` on cyconv's kernels (``torch.nn.functional.pad``
+    semantics).  Backward: ``PadBackwardFunction`` (``cyconv.grad.pad``)."""
 
     @staticmethod
     def forward(ctx, input, pad, mode, value):
-        with _device_of(input):
-            y = _to_tensor(cyconv.pad(_to_array(input, "pad", "input"), pad, mode, value))
+        y = _run("pad", lambda x: cyconv.pad(x, pad, mode, value), input=input)
         ctx.input_shape = tuple(input.shape)
         ctx.args = (pad, mode)
         return y
 
     @staticmethod
-    @_differentiable_once
     def backward(ctx, grad_output):
-        with _device_of(grad_output):
-            gx = _grad.pad(_to_array(grad_output, "pad", "grad_output"), ctx.input_shape,
-                           *ctx.args)
-            gx = _to_tensor(gx)
-        return gx, None, None, None
+        return PadBackwardFunction.apply(grad_output, ctx.input_shape, *ctx.args), \
+            None, None, None
 
 
-def _function_class(base, name, nd):
-    cls = type(name, (base,), {"_nd": nd, "__module__": __name__, "__qualname__": name,
-                               "__doc__": base.__doc__.replace("{nd}", str(nd))})
+class PadBackwardFunction(torch.autograd.Function):
+    """``cyconv.grad.pad(gy, input_size, pad, mode)`` as an autograd function.  Its
+    gradient is the padding itself (with zeros: the fill value is a constant)."""
+
+    @staticmethod
+    def forward(ctx, grad_output, input_size, pad, mode):
+        gx = _run("pad", lambda gy: _grad.pad(gy, input_size, pad, mode),
+                  grad_output=grad_output)
+        ctx.args = (pad, mode)
+        return gx
+
+    @staticmethod
+    def backward(ctx, ggx):
+        return PadFunction.apply(ggx, *ctx.args, None), None, None, None
+
+
+def _function_class(base, name, nd, transposed=False):
+    op = f"conv_transpose{nd}d" if transposed else f"conv{nd}d"
+    args = ("input, weight, bias, " + ", ".join(
+        _CONV_TRANSPOSE_ARGS if transposed else _CONV_ARGS))
+    doc = base.__doc__.replace("{nd}", str(nd)).replace("{op}", op).replace(
+        "{Name}", name[:-len("Function")]).replace("{args}", args)
+    cls = type(name, (base,), {"_nd": nd, "_transposed": transposed, "__module__": __name__,
+                               "__qualname__": name, "__doc__": doc})
     globals()[name] = cls
     return cls
 
 
+_FUNCTION_NAMES = {
+    _MaxPoolFunctionBase: "MaxPool{}dFunction",
+    _MaxPoolBackwardFunctionBase: "MaxPool{}dBackwardFunction",
+    _AvgPoolFunctionBase: "AvgPool{}dFunction",
+    _AvgPoolBackwardFunctionBase: "AvgPool{}dBackwardFunction",
+    _AdaptiveAvgPoolFunctionBase: "AdaptiveAvgPool{}dFunction",
+    _AdaptiveAvgPoolBackwardFunctionBase: "AdaptiveAvgPool{}dBackwardFunction",
+}
 for _nd in (1, 2, 3):
-    _function_class(_ConvFunctionBase, f"Conv{_nd}dFunction", _nd)
-    _function_class(_ConvTransposeFunctionBase, f"ConvTranspose{_nd}dFunction", _nd)
-    _function_class(_MaxPoolFunctionBase, f"MaxPool{_nd}dFunction", _nd)
-    _function_class(_AvgPoolFunctionBase, f"AvgPool{_nd}dFunction", _nd)
-    _function_class(_AdaptiveAvgPoolFunctionBase, f"AdaptiveAvgPool{_nd}dFunction", _nd)
+    for _transposed, _kind in ((False, "Conv"), (True, "ConvTranspose")):
+        for _base, _role in ((_ConvFunctionBase, ""), (_ConvInputFunctionBase, "Input"),
+                             (_ConvWeightFunctionBase, "Weight")):
+            _function_class(_base, f"{_kind}{_nd}d{_role}Function", _nd, _transposed)
+    for _base, _name in _FUNCTION_NAMES.items():
+        _function_class(_base, _name.format(_nd), _nd)
 
 
 # -- functional ops ---------------------------------------------------------------------------

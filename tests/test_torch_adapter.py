@@ -299,11 +299,19 @@ GRADCHECK_CASES = {
     "conv2d-groups-same": lambda: (
         lambda x, w, b: ct.conv2d(x, w, b, padding="same", groups=2),
         (_leaf((1, 4, 5, 6), 0), _leaf((4, 2, 3, 2), 1), _leaf((4,), 2))),
+    "conv2d-pairs-stride2": lambda: (
+        lambda x, w: ct.conv2d(x, w, stride=2, padding=((1, 0), (0, 2))),
+        (_leaf((1, 2, 7, 6), 0), _leaf((3, 2, 3, 3), 1))),
+    "conv1d-same-stride3": lambda: (lambda x, w: ct.conv1d(x, w, stride=3, padding="same"),
+                                    (_leaf((2, 2, 10), 0), _leaf((3, 2, 4), 1))),
     "conv3d-stride": lambda: (lambda x, w: ct.conv3d(x, w, stride=(1, 2, 2), padding=1),
                               (_leaf((1, 2, 4, 5, 4), 0), _leaf((2, 2, 2, 3, 3), 1))),
     "conv_transpose1d": lambda: (
         lambda x, w, b: ct.conv_transpose1d(x, w, b, stride=3, padding=1, output_padding=2),
         (_leaf((2, 3, 5), 0), _leaf((3, 2, 3), 1), _leaf((2,), 2))),
+    "conv_transpose1d-output_padding-above-stride": lambda: (   # op < dilation only
+        lambda x, w, b: ct.conv_transpose1d(x, w, b, stride=1, output_padding=1, dilation=2),
+        (_leaf((2, 2, 5), 0), _leaf((2, 3, 2), 1), _leaf((3,), 2))),
     "conv_transpose2d-groups": lambda: (
         lambda x, w: ct.conv_transpose2d(x, w, None, 2, 1, 1, groups=2, dilation=2),
         (_leaf((1, 4, 3, 4), 0), _leaf((4, 1, 3, 3), 1))),
@@ -323,18 +331,32 @@ GRADCHECK_CASES = {
 
 
 @pytest.mark.parametrize("name", list(GRADCHECK_CASES))
-def test_gradcheck(name):
+def test_gradcheck_and_gradgradcheck(name):
+    """First and second derivatives against finite differences: every backward pass is
+    itself made of cyconv autograd functions."""
     fn, inputs = GRADCHECK_CASES[name]()
     assert torch.autograd.gradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
+    assert torch.autograd.gradgradcheck(fn, inputs, eps=1e-6, atol=1e-8, rtol=1e-6)
 
 
-def test_double_backward_raises():
-    """create_graph=True would record a backward pass that cyconv does not differentiate:
-    an error, never silently missing second-order terms."""
-    x, w = _leaf((1, 2, 5, 5), 0), _leaf((3, 2, 3, 3), 1)
-    with pytest.raises(RuntimeError, match="cyconv.torch: Conv2dFunction is differentiable "
-                                           "once; a backward pass with create_graph=True"):
-        torch.autograd.grad(ct.conv2d(x, w).square().sum(), x, create_graph=True)
+def test_gradient_penalty_matches_torch():
+    """A WGAN-GP style penalty: the gradient of ||d critic / d x||^2 w.r.t. the weights
+    (double backward through conv, transposed conv, average pooling and their biases)."""
+
+    def penalty(conv, convt, pool, x, w1, b1, w2, b2):
+        x = x.detach().clone().requires_grad_()
+        h = pool(conv(x, w1, b1, stride=2, padding=1).tanh(), 2, 1, 1)
+        score = convt(h, w2, b2, stride=2).square().sum()
+        gx, = torch.autograd.grad(score, x, create_graph=True)
+        gx.square().sum().backward()
+
+    params = [_leaf((2, 3, 8, 8), 0), _leaf((4, 3, 3, 3), 1), _leaf((4,), 2),
+              _leaf((4, 2, 2, 2), 3), _leaf((2,), 4)]
+    ref = [p.detach().clone().requires_grad_() for p in params]
+    penalty(ct.conv2d, ct.conv_transpose2d, ct.avg_pool2d, *params)
+    penalty(F.conv2d, F.conv_transpose2d, F.avg_pool2d, *ref)
+    for i, (p, r) in enumerate(zip(params[1:], ref[1:])):
+        assert_close(p.grad.numpy(), r.grad.numpy(), np.float64, what=f"parameter {i}")
 
 
 # -- crossing: zero copy, dtypes, devices ---------------------------------------------------------
