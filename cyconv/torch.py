@@ -156,9 +156,12 @@ def _device_of(t):
         yield
         return
     cupy = _cupy("cyconv.torch")
-    stream = torch.cuda.current_stream(t.device)
-    with cupy.cuda.Device(t.device.index), cupy.cuda.ExternalStream(stream.cuda_stream):
-        yield
+    ptr = torch.cuda.current_stream(t.device).cuda_stream
+    with cupy.cuda.Device(t.device.index):
+        # PyTorch's default stream is CUDA's legacy default stream (pointer 0).
+        stream = cupy.cuda.Stream.null if ptr == 0 else cupy.cuda.ExternalStream(ptr)
+        with stream:
+            yield
 
 
 def _check_tensors(op, **tensors):
