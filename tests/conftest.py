@@ -487,31 +487,38 @@ def _valid(case):
     return all(n + pb + pa >= e for n, (pb, pa), e in zip(case.in_size, case.pairs, eff))
 
 
+#: how often each batch form appears among one op's 20 grid cases
+_BATCH_FORM_COUNTS = {"batched": 6, "unbatched": 3, "empty": 2, "strided": 3,
+                      "channels_last": 3, "negative": 3}
+
+
 def conv_grid(seed=20240601):
     """A sampled grid of convolution cases.
 
     Every (nd, padding form, stride) combination appears (so 'same' and asymmetric pairs
-    meet every stride); groups form, dilation, kernel, batch form and bias are drawn from
-    a seeded generator, so the grid is the same on every run.
+    meet every stride).  For each op, the four groups forms (5 cases each) and the batch
+    forms (``_BATCH_FORM_COUNTS``) are dealt out in a seeded random order; dilation,
+    kernel and bias are drawn from the same generator, so the grid is the same on every
+    run.
     """
     rng = np.random.default_rng(seed)
     cases = []
     for nd in (1, 2, 3):
-        for padding in PADDINGS[nd]:
-            for stride in STRIDES[nd]:
-                while True:
-                    gform = list(GROUP_FORMS)[rng.integers(len(GROUP_FORMS))]
-                    C_in, C_out, G = GROUP_FORMS[gform]
-                    N, layout = _batch_form(BATCH_FORMS[rng.integers(len(BATCH_FORMS))])
-                    case = ConvCase(
-                        nd=nd, N=N, C_in=C_in, C_out=C_out, groups=G, in_size=IN_SIZES[nd],
-                        kernel_size=KERNELS[nd][rng.integers(2)], stride=stride,
-                        padding=padding,
-                        dilation=DILATIONS[nd][rng.integers(len(DILATIONS[nd]))],
-                        bias=bool(rng.integers(2)), layout=layout)
-                    if _valid(case):
-                        break
-                cases.append(case)
+        combos = [(p, s) for p in PADDINGS[nd] for s in STRIDES[nd]]
+        gforms = rng.permutation(np.repeat(list(GROUP_FORMS), len(combos) // len(GROUP_FORMS)))
+        bforms = rng.permutation([f for f, n in _BATCH_FORM_COUNTS.items() for _ in range(n)])
+        for (padding, stride), gform, bform in zip(combos, gforms, bforms):
+            C_in, C_out, G = GROUP_FORMS[str(gform)]
+            N, layout = _batch_form(str(bform))
+            while True:
+                case = ConvCase(
+                    nd=nd, N=N, C_in=C_in, C_out=C_out, groups=G, in_size=IN_SIZES[nd],
+                    kernel_size=KERNELS[nd][rng.integers(2)], stride=stride, padding=padding,
+                    dilation=DILATIONS[nd][rng.integers(len(DILATIONS[nd]))],
+                    bias=bool(rng.integers(2)), layout=layout)
+                if _valid(case):
+                    break
+            cases.append(case)
     return cases
 
 
