@@ -14,8 +14,10 @@ GEMMs come from SciPy's BLAS (``_blas.gemm_rm``), called single-threaded inside 
 
 Notes
 -----
-Work is chunked so that scratch memory stays under ``ws_bytes`` *and* the result does not
-depend on the chunking (a tiny workspace gives bit-identical results, only slower):
+Work is chunked so that scratch memory stays under ``ws_bytes``, and so that each output
+element is always the same sum in the same order whatever the chunking; the only
+chunk-dependence left is the BLAS's own (OpenBLAS picks other micro-kernels, e.g. its
+small-matrix kernels, for other GEMM shapes), so a tiny workspace agrees to rounding:
 
 * forward chunks the output pixels, i.e. the N dimension of the GEMM: every output
   element is still one dot product of length CKK;
