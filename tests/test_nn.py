@@ -12,6 +12,7 @@ errors, backward before forward, dtype and device errors, initialisation) still 
 """
 from __future__ import annotations
 
+import importlib.util
 import io
 import math
 import re
@@ -680,12 +681,7 @@ def test_to_dtype_and_device_errors():
     assert layer.to("cpu").weight.dtype == np.float64
     with pytest.raises(ValueError, match="unknown device 'tpu'"):
         layer.to("tpu")
-    try:
-        import cupy  # noqa: F401
-        has_cupy = True
-    except ImportError:
-        has_cupy = False
-    if not has_cupy:
+    if importlib.util.find_spec("cupy") is None:
         with pytest.raises(RuntimeError, match="the 'cuda' device needs CuPy"):
             layer.to("cuda")
         with pytest.raises(RuntimeError, match="needs CuPy"):
