@@ -312,7 +312,6 @@ def conv_transpose_input_grad(input_size, w, gy, stride=1, padding=0, output_pad
     ``output_padding >= stride`` (allowed when dilation > stride) that convolution is
     longer than the input; the extra tail is cut off.
     """
-    nd = len(input_size) - 2
     gx = conv(gy, w, None, stride=stride, padding=padding, dilation=dilation, groups=groups)
     return gx[(Ellipsis,) + tuple(slice(0, n) for n in input_size[2:])]
 

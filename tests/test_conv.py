@@ -167,6 +167,22 @@ def test_read_only_inputs_accepted():
         assert_close(run(case, x, w, b, algorithm), expected, np.float64, what=algorithm)
 
 
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("swapped", ["all", "input", "weight"])
+def test_byte_swapped_inputs(swapped, algorithm):
+    """Non-native byte order (arrays read from files) is still float32: accepted, same
+    result as native arrays (the output is native)."""
+    case = ConvCase(2, 2, 4, 6, 2, (7, 9), (3, 3), stride=2, padding="same", bias=True)
+    x, w, b = case.numpy_arrays(np.float32)
+    expected = run(case, x, w, b, algorithm)
+    swap = lambda a: a.astype(a.dtype.newbyteorder(">" if np.little_endian else "<"))  # noqa
+    xs = swap(x) if swapped in ("all", "input") else x
+    ws = swap(w) if swapped in ("all", "weight") else w
+    bs = swap(b) if swapped == "all" else b
+    assert_close(run(case, xs, ws, bs, algorithm), to_numpy(expected).astype(np.float64),
+                 np.float32, kind="parity", what=f"{swapped} byte-swapped")
+
+
 def test_output_is_a_new_array_of_input_dtype():
     case = ConvCase(2, 2, 3, 3, 1, (5, 5), (1, 1))
     x, w, b = case.numpy_arrays(np.float32)
