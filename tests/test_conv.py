@@ -282,13 +282,23 @@ def test_float32_accuracy_resnet_layer(resnet_layer, algorithm):
 
 # -- workspace cap and threads: same numbers ------------------------------------------------
 
+#: big enough that every direction runs on several threads (see test_cases_are_threaded)
 DETERMINISM_CASES = [
-    ConvCase(2, 3, 8, 16, 1, (12, 11), (3, 3), stride=1, padding=1, bias=True),
-    ConvCase(2, 3, 8, 12, 2, (13, 10), (3, 2), stride=2, padding="same", dilation=(1, 2)),
-    ConvCase(2, 4, 8, 16, 8, (12, 11), (3, 3), padding=1),
-    ConvCase(1, 5, 6, 8, 1, (101,), (5,), stride=2, padding=((3, 1),), bias=True),
-    ConvCase(3, 2, 4, 8, 1, (6, 7, 8), (3, 3, 2), padding=1, dilation=(1, 1, 2)),
+    ConvCase(2, 4, 8, 16, 1, (16, 15), (3, 3), stride=1, padding=1, bias=True),
+    ConvCase(2, 4, 16, 24, 2, (33, 26), (3, 2), stride=2, padding="same", dilation=(1, 2)),
+    ConvCase(2, 12, 16, 16, 16, (24, 23), (3, 3), padding=1),
+    ConvCase(1, 6, 12, 16, 1, (401,), (5,), stride=2, padding=((3, 1),), bias=True),
+    ConvCase(3, 3, 4, 8, 1, (7, 8, 9), (3, 3, 2), padding=1, dilation=(1, 1, 2)),
 ]
+
+
+def test_cases_are_threaded():
+    """The thread and workspace tests only mean something above the serial cut-off."""
+    from cyconv._params import conv_params
+    serial = getattr(cyconv._cpu, "SERIAL_FLOPS", 10**6)
+    for case in DETERMINISM_CASES:
+        p = conv_params(case.op, case.nd, case.x_shape, case.w_shape, **case.kwargs)
+        assert p.flops >= 1.5 * serial, (case.id, p.flops)
 
 
 def _all_directions(case, algorithm):

@@ -243,12 +243,21 @@ def test_adjoint_identities(case, algorithm):
 
 # -- determinism ---------------------------------------------------------------------------------
 
+#: big enough to run on several threads (checked in test_det_cases_are_threaded)
 DET_CASES = [
     ConvCase(2, 8, 8, 16, 1, (14, 13), (3, 3), padding=1),
-    ConvCase(2, 7, 8, 16, 8, (15, 12), (3, 3), stride=2, padding="same"),
-    ConvCase(1, 9, 6, 12, 2, (301,), (5,), stride=2, padding=((3, 1),)),
+    ConvCase(2, 16, 16, 32, 16, (31, 29), (3, 3), stride=2, padding="same"),
+    ConvCase(1, 9, 16, 24, 2, (301,), (5,), stride=2, padding=((3, 1),)),
     ConvCase(3, 5, 4, 8, 1, (6, 7, 8), (3, 3, 2), padding=1),
 ]
+
+
+def test_det_cases_are_threaded():
+    from cyconv._params import conv_params
+    serial = getattr(cyconv._cpu, "SERIAL_FLOPS", 10**6)
+    for case in DET_CASES:
+        p = conv_params(case.op, case.nd, case.x_shape, case.w_shape, **case.kwargs)
+        assert p.flops >= 1.5 * serial, (case.id, p.flops)
 
 
 @pytest.mark.parametrize("algorithm", ["im2col", "direct", "auto"])
