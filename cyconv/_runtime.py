@@ -13,8 +13,11 @@ import threading
 from ._params import is_int
 
 _DEFAULT_WORKSPACE_MB = 256
+#: more threads than this is a mistake (an OpenMP runtime may fail to start them all)
+MAX_THREADS = 256
 _lock = threading.Lock()
-_state = {"num_threads": None, "workspace": None, "blas_pinned": False, "blas": None}
+_state = {"num_threads": None, "workspace": None, "blas_pinned": False, "blas": None,
+          "forked": False}
 
 
 def _default_threads() -> int:
@@ -26,15 +29,25 @@ def _default_threads() -> int:
             n = 0
         if n < 1:
             raise ValueError(f"CYCONV_NUM_THREADS must be a positive integer, got {env!r}")
+        if n > MAX_THREADS:
+            raise ValueError(f"CYCONV_NUM_THREADS must be at most {MAX_THREADS}, got {env!r}")
         return n
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        return min(MAX_THREADS, max(1, len(os.sched_getaffinity(0))))
     except AttributeError:  # macOS, Windows
-        return max(1, os.cpu_count() or 1)
+        return min(MAX_THREADS, max(1, os.cpu_count() or 1))
 
 
 def get_num_threads() -> int:
-    """The number of threads cyconv's CPU kernels use."""
+    """The number of threads cyconv's CPU kernels use.
+
+    Always 1 in a process forked from one that imported cyconv: GNU libgomp's thread
+    pool does not survive ``fork()``, and a parallel region in the child would wait
+    forever for the parent's threads.  (Worker pools of forked processes get one
+    thread each, which also keeps them from oversubscribing the cores.)
+    """
+    if _state["forked"]:
+        return 1
     if _state["num_threads"] is None:
         _state["num_threads"] = _default_threads()
     return _state["num_threads"]
@@ -44,6 +57,8 @@ def set_num_threads(n: int) -> None:
     """Set the number of threads of cyconv's CPU kernels (overrides CYCONV_NUM_THREADS)."""
     if not is_int(n) or n < 1:
         raise ValueError(f"set_num_threads: n must be a positive int, got {n!r}")
+    if n > MAX_THREADS:
+        raise ValueError(f"set_num_threads: n must be at most {MAX_THREADS}, got {n!r}")
     _state["num_threads"] = int(n)
 
 
@@ -101,7 +116,9 @@ def blas_info() -> list:
 
 
 def _after_fork_in_child():
-    # The parent's BLAS pool settings survive a fork; re-check them lazily in the child.
+    # OpenMP (libgomp) cannot start threads again in a forked child: run serially there.
+    # The BLAS settings survive a fork but are re-checked lazily.
+    _state["forked"] = True
     _state["blas_pinned"] = False
 
 
