@@ -12,6 +12,7 @@ Arrays are batched ``(N, C, *spatial)``; the caller has checked every shape.
 from __future__ import annotations
 
 import importlib
+import math
 import os
 
 import numpy as np
@@ -60,6 +61,27 @@ def threads_for(flops: float) -> int:
     return 1 if flops < SERIAL_FLOPS else n
 
 
+def _padded_plane(p) -> int:
+    """Elements of the zero-padded image plane the direct kernels stage per channel."""
+    g = p.geometry()
+    img, col, k, st, pad, dil = g[3:6], g[6:9], g[9:12], g[12:15], g[15:18], g[18:21]
+    n = 1
+    for i, o, kk, s, pb, d in zip(img, col, k, st, pad, dil):
+        n *= max(i + pb, (o - 1) * s + (kk - 1) * d + 1)
+    return n
+
+
+def _kernel_module(p, algorithm):
+    """The kernels for ``algorithm``; 'direct' hands over to im2col when padding or
+    dilation is so large that its padded staging planes would dwarf the data (taps that
+    reach far into the padding read only zeros, which im2col never stores)."""
+    if algorithm == "direct":
+        data = math.prod(p.img_size) + math.prod(p.col_size)
+        if _padded_plane(p) > max(1 << 22, 16 * data):
+            algorithm = "im2col"
+    return kernels(algorithm)
+
+
 def _launch_args(p, dtype):
     _runtime.pin_blas()
     nt = threads_for(p.flops)
@@ -81,7 +103,7 @@ def conv_forward(p, x, w, b, algorithm):
     if N == 0 or y.size == 0:
         return y
     geom, nt, ws = _launch_args(p, x.dtype)
-    kernels(algorithm).conv_forward(x.reshape(N, -1), w.reshape(w.shape[0], -1),
+    _kernel_module(p, algorithm).conv_forward(x.reshape(N, -1), w.reshape(w.shape[0], -1),
                                     _bias_or_empty(b, x.dtype), y.reshape(N, -1),
                                     geom, nt, ws)
     return y
@@ -99,7 +121,7 @@ def conv_backward_input(p, gy, w, b, algorithm):
             gx[...] = np.reshape(b, (1, -1) + (1,) * p.nd)
         return gx
     geom, nt, ws = _launch_args(p, gy.dtype)
-    kernels(algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
+    _kernel_module(p, algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
                                            _bias_or_empty(b, gy.dtype), gx.reshape(N, -1),
                                            geom, nt, ws)
     return gx
@@ -115,7 +137,7 @@ def conv_backward_weight(p, x, gy, algorithm):
         gw[...] = 0
         return gw
     geom, nt, ws = _launch_args(p, x.dtype)
-    kernels(algorithm).conv_backward_weight(x.reshape(N, -1), gy.reshape(N, -1),
+    _kernel_module(p, algorithm).conv_backward_weight(x.reshape(N, -1), gy.reshape(N, -1),
                                             gw.reshape(gw.shape[0], -1), geom, nt, ws)
     return gw
 

@@ -40,6 +40,8 @@ cdef inline void valid_range(Py_ssize_t off, Py_ssize_t step, Py_ssize_t size,
     cdef Py_ssize_t b = ceil_div(size - off, step)
     if a < 0:
         a = 0
+    if a > n:
+        a = n
     if b > n:
         b = n
     if b < a:
