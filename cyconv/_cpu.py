@@ -88,16 +88,22 @@ def _launch_args(p, dtype):
     return p.geometry(), nt, _runtime.get_workspace_limit()
 
 
+def native(a):
+    """C-contiguous, native byte order (inputs are never modified: this copies if needed)."""
+    a = np.ascontiguousarray(a)
+    return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))
+
+
 def _bias_or_empty(b, dtype):
     if b is None:
         return np.empty(0, dtype)
-    return np.ascontiguousarray(b, dtype=dtype)
+    return np.ascontiguousarray(b, dtype=np.dtype(dtype).newbyteorder("="))
 
 
 def conv_forward(p, x, w, b, algorithm):
     """Column side from image side: a convolution's output (+ bias)."""
-    x = np.ascontiguousarray(x)
-    w = np.ascontiguousarray(w)
+    x = native(x)
+    w = native(w)
     N = x.shape[0]
     y = np.empty((N, p.col_channels) + p.col_size, x.dtype)
     if N == 0 or y.size == 0:
@@ -112,8 +118,8 @@ def conv_forward(p, x, w, b, algorithm):
 def conv_backward_input(p, gy, w, b, algorithm):
     """Image side from column side: a convolution's input gradient, or a transposed
     convolution's output (+ bias)."""
-    gy = np.ascontiguousarray(gy)
-    w = np.ascontiguousarray(w)
+    gy = native(gy)
+    w = native(w)
     N = gy.shape[0]
     gx = np.empty((N, p.img_channels) + p.img_size, gy.dtype)
     if N == 0 or gx.size == 0:
@@ -129,8 +135,8 @@ def conv_backward_input(p, gy, w, b, algorithm):
 
 def conv_backward_weight(p, x, gy, algorithm):
     """Weight gradient (conv-view weight shape (C_col, C_img/G, *kernel))."""
-    x = np.ascontiguousarray(x)
-    gy = np.ascontiguousarray(gy)
+    x = native(x)
+    gy = native(gy)
     N = x.shape[0]
     gw = np.empty((p.col_channels, p.img_channels // p.G) + p.kernel_size, x.dtype)
     if N == 0:

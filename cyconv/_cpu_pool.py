@@ -18,6 +18,9 @@ from ._cpu import kernels, threads_for
 def _contiguous(a):
     """``a`` as a C-contiguous array of the same shape (0-d stays 0-d, unlike
     ``np.ascontiguousarray``)."""
+    a = np.asarray(a)
+    if not a.dtype.isnative:
+        a = a.astype(a.dtype.newbyteorder("="))
     return np.ascontiguousarray(a).reshape(np.shape(a))
 
 

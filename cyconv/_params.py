@@ -335,8 +335,8 @@ def check_dtypes(op: str, xp_name: str, **arrays):
             raise TypeError(f"{op}: {name} has unsupported dtype {dt.name}; expected one of "
                             f"{', '.join(allowed)}")
         if first is None:
-            first_name, first = name, dt
-        elif dt != first:
+            first_name, first = name, dt.newbyteorder("=")
+        elif dt.name != first.name:
             raise TypeError(f"{op}: {first_name} is {first.name} but {name} is {dt.name}; "
                             f"convert with {name}.astype(np.{first.name})")
     return first
