@@ -76,8 +76,8 @@ def get_workspace_limit() -> int:
 def set_workspace_limit(nbytes: int) -> None:
     """Cap the scratch memory of one CPU op (default 256 MiB, env CYCONV_WORKSPACE_MB).
 
-    A smaller cap only makes the im2col path work in smaller chunks: results are
-    bit-identical for any cap.
+    A smaller cap only makes the im2col path work in smaller chunks: results agree to
+    rounding (the BLAS rounds differently for other GEMM shapes); direct is unaffected.
     """
     if not is_int(nbytes) or nbytes < 1:
         raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
