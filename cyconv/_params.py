@@ -403,8 +403,25 @@ def _pool_input(op: str, nd: int, x_shape, what: str):
     return batched, (x_shape[0] if batched else 1), x_shape[-nd - 1], x_shape[-nd:]
 
 
+class _PlaneShapes:
+    """Shapes of a per-plane op (N, C, in_size) -> (N, C, out_size), batched or not."""
+
+    @property
+    def x_shape(self) -> tuple:
+        return ((self.N,) if self.batched else ()) + (self.C,) + self.in_size
+
+    @property
+    def y_shape(self) -> tuple:
+        return ((self.N,) if self.batched else ()) + (self.C,) + self.out_size
+
+    @property
+    def planes(self) -> int:
+        """Independent (sample, channel) planes: N * C."""
+        return self.N * self.C
+
+
 @dataclass(frozen=True)
-class PoolParams:
+class PoolParams(_PlaneShapes):
     """A checked max or average pooling.
 
     ``padding`` holds one (symmetric) amount per spatial dim, as in PyTorch;
@@ -425,19 +442,6 @@ class PoolParams:
     ceil_mode: bool
     count_include_pad: bool = True
     divisor_override: object = None
-
-    @property
-    def x_shape(self) -> tuple:
-        return ((self.N,) if self.batched else ()) + (self.C,) + self.in_size
-
-    @property
-    def y_shape(self) -> tuple:
-        return ((self.N,) if self.batched else ()) + (self.C,) + self.out_size
-
-    @property
-    def planes(self) -> int:
-        """Independent (sample, channel) planes: N * C."""
-        return self.N * self.C
 
     def geometry(self) -> tuple:
         """The pooling padded to 3 spatial dims, as the kernels read it.
@@ -505,7 +509,7 @@ def pool_params(op: str, nd: int, kind: str, x_shape, kernel_size, stride=None, 
 
 
 @dataclass(frozen=True)
-class PoolShape:
+class PoolShape(_PlaneShapes):
     """The (N, C, in_size) -> (N, C, out_size) shape of a pooling without a kernel
     geometry: an adaptive average pooling (output cell ``o`` of a dim averages the input
     range [floor(o * in / out), ceil((o + 1) * in / out))), or a max-pool gradient, whose
@@ -517,18 +521,6 @@ class PoolShape:
     C: int
     in_size: tuple
     out_size: tuple
-
-    @property
-    def x_shape(self) -> tuple:
-        return ((self.N,) if self.batched else ()) + (self.C,) + self.in_size
-
-    @property
-    def y_shape(self) -> tuple:
-        return ((self.N,) if self.batched else ()) + (self.C,) + self.out_size
-
-    @property
-    def planes(self) -> int:
-        return self.N * self.C
 
     def geometry(self) -> tuple:
         """(D, H, W, OD, OH, OW): the sizes padded to 3 spatial dims."""
