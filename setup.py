@@ -23,7 +23,7 @@ from setuptools import Extension, setup
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 EXT_DIR = os.path.join("cyconv", "_ext")
-KERNEL_MODULES = ["im2col", "direct", "pool"]
+KERNEL_MODULES = ["im2col", "direct", "blocked", "pool"]
 IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
 
 

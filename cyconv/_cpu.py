@@ -1,7 +1,7 @@
 """CPU backend: make inputs contiguous, allocate outputs, call the compiled kernels.
 
-Kernel modules (``cyconv/_ext/im2col.pyx``, ``direct.pyx``, ``pool.pyx``) are built
-twice on x86-64, for the baseline ISA and for AVX2+FMA; :data:`ISA` says which set this
+Kernel modules (``cyconv/_ext/im2col.pyx``, ``direct.pyx``, ``blocked.pyx``,
+``pool.pyx``) are built twice on x86-64, for the baseline ISA and for AVX2+FMA; :data:`ISA` says which set this
 process uses.  ``CYCONV_ISA=base`` forces the baseline, ``CYCONV_ISA=avx2`` insists on
 AVX2 (and fails clearly on a CPU without it).
 
@@ -71,15 +71,53 @@ def _padded_plane(p) -> int:
     return n
 
 
+def _staging_too_big(p) -> bool:
+    """Padding or dilation so large that the direct kernels' zero-padded staging planes
+    would dwarf the data (taps that reach far into the padding read only zeros, which
+    im2col never stores): 'direct' then hands over to im2col."""
+    data = math.prod(p.img_size) + math.prod(p.col_size)
+    return _padded_plane(p) > max(1 << 22, 16 * data)
+
+
 def _kernel_module(p, algorithm):
-    """The kernels for ``algorithm``; 'direct' hands over to im2col when padding or
-    dilation is so large that its padded staging planes would dwarf the data (taps that
-    reach far into the padding read only zeros, which im2col never stores)."""
-    if algorithm == "direct":
-        data = math.prod(p.img_size) + math.prod(p.col_size)
-        if _padded_plane(p) > max(1 << 22, 16 * data):
-            algorithm = "im2col"
+    """The kernels for ``algorithm`` (see :func:`_staging_too_big`)."""
+    if algorithm == "direct" and _staging_too_big(p):
+        algorithm = "im2col"
     return kernels(algorithm)
+
+
+def blocked_applies(p, itemsize: int) -> bool:
+    """'direct' runs the channel-blocked kernel (``blocked.pyx``) rather than the
+    per-channel one: every group has at least one full vector of input and of output
+    channels (8 float32 / 4 float64), so blocking channels wastes little."""
+    lanes = 32 // itemsize
+    return (p.img_channels // p.G >= lanes and p.col_channels // p.G >= lanes
+            and not _staging_too_big(p))
+
+
+def blocked_input_grad_applies(p, itemsize: int) -> bool:
+    """The input gradient is a blocked forward convolution of the output gradient:
+    unit stride, and padding no wider than the dilated kernel on either side."""
+    g = p.geometry()
+    k, st, pad, dil = g[9:12], g[12:15], g[15:18], g[18:21]
+    return (blocked_applies(p, itemsize) and all(s == 1 for s in st)
+            and all(pb <= d * (kk - 1) for pb, d, kk in zip(pad, dil, k)))
+
+
+def _input_grad_as_forward(p, w):
+    """Geometry and weights of gx = conv(gy, w') for a unit-stride convolution.
+
+    The image and column sides swap, the padding before becomes ``d*(k-1) - pad``, and
+    w'[g*Cg + c, k, taps] = w[g*Kg + k, c, flipped taps].
+    """
+    g = p.geometry()
+    G, C_img, C_col = g[0:3]
+    k, pad, dil = g[9:12], g[15:18], g[18:21]
+    flipped = tuple(d * (kk - 1) - pb for d, kk, pb in zip(dil, k, pad))
+    geom = (G, C_col, C_img) + g[6:9] + g[3:6] + k + (1, 1, 1) + flipped + dil
+    Kg, Cg = C_col // G, C_img // G
+    wf = w.reshape(G, Kg, Cg, -1)[..., ::-1].transpose(0, 2, 1, 3)
+    return geom, np.ascontiguousarray(wf).reshape(C_img, -1)
 
 
 def _launch_args(p, dtype):
@@ -109,6 +147,8 @@ def conv_forward(p, x, w, b, algorithm):
     if N == 0 or y.size == 0:
         return y
     geom, nt, ws = _launch_args(p, x.dtype)
+    if algorithm == "direct" and blocked_applies(p, x.dtype.itemsize):
+        algorithm = "blocked"
     _kernel_module(p, algorithm).conv_forward(x.reshape(N, -1), w.reshape(w.shape[0], -1),
                                     _bias_or_empty(b, x.dtype), y.reshape(N, -1),
                                     geom, nt, ws)
@@ -127,6 +167,11 @@ def conv_backward_input(p, gy, w, b, algorithm):
             gx[...] = np.reshape(b, (1, -1) + (1,) * p.nd)
         return gx
     geom, nt, ws = _launch_args(p, gy.dtype)
+    if algorithm == "direct" and blocked_input_grad_applies(p, gy.dtype.itemsize):
+        geom, wf = _input_grad_as_forward(p, w)
+        kernels("blocked").conv_forward(gy.reshape(N, -1), wf, _bias_or_empty(b, gy.dtype),
+                                        gx.reshape(N, -1), geom, nt, ws)
+        return gx
     _kernel_module(p, algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
                                            _bias_or_empty(b, gy.dtype), gx.reshape(N, -1),
                                            geom, nt, ws)

@@ -1,0 +1,244 @@
+"""Channel-blocked direct convolution: the dense-layer half of the ``"direct"`` algorithm.
+
+The plain direct kernels (``direct.pyx``) vectorise along the image width, one channel
+at a time; that is right for depthwise and thin-group layers but load-bound on dense
+ones.  Here channels are blocked by the vector width L (8 float32 / 4 float64), as in
+oneDNN's ``jit:avx2`` convolution and Georganas et al. (arXiv:1808.05567):
+
+* each sample's group image is repacked once into zero-padded blocks
+  ``xb[cb][Dp][Hp][Wp][L]`` (a per-call workspace, chunked over the batch to respect the
+  workspace limit);
+* the weights are repacked once per call into ``wb[g][kb][cb][tap][ci][co]`` (L x L
+  blocks, zero where a channel block overhangs the real channel count);
+* the micro-kernel in ``_blocked.h`` keeps 6 output pixels x 2 output-channel blocks in
+  registers and streams every input-channel block and kernel tap through them, so each
+  loaded weight vector feeds 6 FMAs and each broadcast input value 2;
+* a work item is one output row of one (sample, group, pair of output-channel blocks);
+  rows are split statically across the threads.
+
+Every output element is one fixed-order sum over (channel block, tap, channel), computed
+by one thread: results are bit-identical for any thread count and any workspace limit.
+Stride, dilation and padding only change the input offsets, so the kernel's speed is
+nearly independent of dilation.  The input gradient of a unit-stride convolution is the
+same kernel run on the output gradient with flipped, transposed weights (``_cpu.py``).
+"""
+from cython.parallel cimport prange
+from libc.stdlib cimport malloc, free
+from libc.string cimport memset
+
+from cyconv._ext._types cimport floating
+from cyconv._ext._geom cimport Geom, make_geom
+
+
+cdef extern from "_blocked.h" nogil:
+    enum: CY_UR
+    void cy_blk_f_2(float* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
+                    Py_ssize_t wrow, Py_ssize_t ow_n, const float* x,
+                    Py_ssize_t xs, Py_ssize_t xcs, const float* w0, const float* w1,
+                    Py_ssize_t wcs, const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB,
+                    const float* bias)
+    void cy_blk_f_1(float* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
+                    Py_ssize_t wrow, Py_ssize_t ow_n, const float* x,
+                    Py_ssize_t xs, Py_ssize_t xcs, const float* w0, Py_ssize_t wcs,
+                    const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB, const float* bias)
+    void cy_blk_d_2(double* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
+                    Py_ssize_t wrow, Py_ssize_t ow_n, const double* x,
+                    Py_ssize_t xs, Py_ssize_t xcs, const double* w0, const double* w1,
+                    Py_ssize_t wcs, const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB,
+                    const double* bias)
+    void cy_blk_d_1(double* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
+                    Py_ssize_t wrow, Py_ssize_t ow_n, const double* x,
+                    Py_ssize_t xs, Py_ssize_t xcs, const double* w0, Py_ssize_t wcs,
+                    const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB, const double* bias)
+
+
+UR = CY_UR
+
+
+def lanes(Py_ssize_t itemsize):
+    """Channels per block for an element size: one 32-byte vector."""
+    return 32 // itemsize
+
+
+cdef struct Blk:
+    Py_ssize_t L, CB, KB, KP     # lanes, input / output channel blocks, output block pairs
+    bint wide                    # unit stride in H and W: whole planes on the wide grid
+    Py_ssize_t Dp, Hp, Wp        # padded extent of one input block
+    Py_ssize_t plane             # Dp * Hp * Wp * L (+ overhang slack): one channel block
+    Py_ssize_t img               # CB * plane: one (sample, group) image
+    Py_ssize_t wblk              # CB * KK * L * L: one output block's weights
+
+
+cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a > b else b
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
+
+
+cdef Blk make_blk(const Geom* g, Py_ssize_t L) noexcept nogil:
+    cdef Blk q
+    cdef Py_ssize_t ow_span
+    q.L = L
+    q.CB = (g.Cg + L - 1) // L
+    q.KB = (g.Kg + L - 1) // L
+    q.KP = (q.KB + 1) // 2
+    q.wide = g.SH == 1 and g.SW == 1
+    q.Dp = _max(g.D + g.PD, (g.OD - 1) * g.SD + (g.KD - 1) * g.DD + 1)
+    q.Hp = _max(g.H + g.PH, (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1)
+    # row by row, the last micro-kernel call of a row computes CY_UR pixels even past OW;
+    # on the wide grid that overhang runs into the next row (or the slack below)
+    ow_span = g.OW if q.wide else (g.OW + CY_UR - 1) // CY_UR * CY_UR
+    q.Wp = _max(g.W + g.PW, (ow_span - 1) * g.SW + (g.KW - 1) * g.DW + 1)
+    q.plane = (q.Dp * q.Hp * q.Wp + CY_UR) * L
+    q.img = q.CB * q.plane
+    q.wblk = q.CB * g.KK * L * L
+    return q
+
+
+def workspace_bytes(tuple geom, Py_ssize_t itemsize):
+    """Scratch bytes of one sample's packed input (the least a call can work with)."""
+    cdef Geom g = make_geom(geom)
+    cdef Blk q = make_blk(&g, 32 // itemsize)
+    return g.G * q.img * itemsize
+
+
+cdef void pack_block(const floating* x, floating* xb, Py_ssize_t nci, const Geom* g,
+                     const Blk* q) noexcept nogil:
+    """xb[PD + d, PH + h, PW + w, ci] = x[ci, d, h, w] for ci < nci; zeros elsewhere.
+
+    x points at the first of the block's nci (<= L) channel planes of one sample.
+    """
+    cdef Py_ssize_t L = q.L, d, h, i, ci
+    cdef floating* dst
+    cdef const floating* src
+    memset(xb, 0, q.plane * sizeof(floating))
+    for d in range(g.D):
+        for h in range(g.H):
+            dst = xb + (((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW) * L
+            src = x + (d * g.H + h) * g.W
+            for i in range(g.W):
+                for ci in range(nci):
+                    dst[i * L + ci] = src[ci * g.img_plane + i]
+
+
+cdef floating* _alloc(Py_ssize_t n, floating dummy) except NULL:
+    cdef floating* p = <floating*> malloc(_max(1, n) * sizeof(floating))
+    if p == NULL:
+        raise MemoryError(f"cyconv: could not allocate {n * sizeof(floating)} bytes of "
+                          f"blocked-direct workspace")
+    return p
+
+
+cdef inline void _micro(floating* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j,
+                        Py_ssize_t jend, Py_ssize_t wrow, Py_ssize_t ow_n, const floating* x,
+                        Py_ssize_t xs, Py_ssize_t xcs, const floating* w, Py_ssize_t wblk,
+                        const Py_ssize_t* toff, const Geom* g, const Blk* q,
+                        const floating* bias) noexcept nogil:
+    """One micro-kernel call (see _blocked.h): two output blocks when nk > L, else one."""
+    cdef Py_ssize_t wcs = g.KK * q.L * q.L
+    if floating is float:
+        if nk > q.L:
+            cy_blk_f_2(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, w + wblk, wcs, toff,
+                       g.KK, q.CB, bias)
+        else:
+            cy_blk_f_1(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, wcs, toff, g.KK, q.CB,
+                       bias)
+    else:
+        if nk > q.L:
+            cy_blk_d_2(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, w + wblk, wcs, toff,
+                       g.KK, q.CB, bias)
+        else:
+            cy_blk_d_1(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, wcs, toff, g.KK, q.CB,
+                       bias)
+
+
+def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
+                 floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes):
+    """y[n] = conv(x[n], w) + b for every sample, channel-blocked direct loops.
+
+    x (N, C_img * D*H*W), w (C_col, Cg * KK), b (C_col,) or empty, y (N, C_col * P).
+    """
+    cdef Geom g = make_geom(geom)
+    cdef Py_ssize_t L = 8 if floating is float else 4
+    cdef Blk q = make_blk(&g, L)
+    cdef Py_ssize_t N = x.shape[0]
+    cdef bint has_bias = b.shape[0] > 0
+    cdef Py_ssize_t per_sample = g.G * q.img
+    cdef Py_ssize_t NC = _max(1, _min(N, ws_bytes // (per_sample * <Py_ssize_t> sizeof(floating))))
+    # a work item: RB output rows of one plane of one (sample, group, output block pair),
+    # enough items for every thread to get several
+    cdef Py_ssize_t base = _min(N, NC) * g.G * q.KP * g.OD
+    cdef Py_ssize_t RB = _max(1, _min(g.OH, base * g.OH // (8 * n_threads)))
+    cdef Py_ssize_t NRB = (g.OH + RB - 1) // RB
+    cdef Py_ssize_t nw = g.G * q.KB * q.wblk
+    cdef floating* wb = _alloc(nw, <floating> 0)
+    cdef floating* xb = NULL
+    cdef Py_ssize_t* toff = <Py_ssize_t*> malloc(g.KK * sizeof(Py_ssize_t))
+    cdef Py_ssize_t gi, k, c, t, kd, kh, kw, n0, nc, it, nn, kp, od, oh, oh0, oh1, k0, nk, j, jend
+    cdef Py_ssize_t xs = (1 if q.wide else g.SW) * L
+    cdef const floating* xpl
+    cdef const floating* wa
+    cdef const floating* bias
+    cdef floating* ypl
+    if toff == NULL:
+        free(wb)
+        raise MemoryError("cyconv: could not allocate the tap offsets")
+    try:
+        xb = _alloc(NC * per_sample, <floating> 0)
+        memset(wb, 0, nw * sizeof(floating))
+        for gi in range(g.G):
+            for k in range(g.Kg):
+                for c in range(g.Cg):
+                    for t in range(g.KK):
+                        wb[(((gi * q.KB + k // L) * q.CB + c // L) * g.KK + t) * L * L
+                           + (c % L) * L + k % L] = w[gi * g.Kg + k, c * g.KK + t]
+        for t in range(g.KK):
+            kw = t % g.KW
+            kh = (t // g.KW) % g.KH
+            kd = t // (g.KW * g.KH)
+            toff[t] = ((kd * g.DD * q.Hp + kh * g.DH) * q.Wp + kw * g.DW) * L
+        for n0 in range(0, N, NC):
+            nc = _min(NC, N - n0)
+            with nogil:
+                for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="static"):
+                    nn = it // (g.G * q.CB)
+                    gi = (it // q.CB) % g.G
+                    c = (it % q.CB) * L
+                    pack_block(&x[n0 + nn, 0] + (gi * g.Cg + c) * g.img_plane,
+                               xb + it * q.plane, _min(L, g.Cg - c), &g, &q)
+                for it in prange(nc * g.G * q.KP * g.OD * NRB, num_threads=n_threads,
+                                 schedule="static"):
+                    oh0 = (it % NRB) * RB
+                    oh1 = _min(g.OH, oh0 + RB)
+                    od = (it // NRB) % g.OD
+                    kp = (it // (NRB * g.OD)) % q.KP
+                    gi = (it // (NRB * g.OD * q.KP)) % g.G
+                    nn = it // (NRB * g.OD * q.KP * g.G)
+                    k0 = 2 * kp * L
+                    nk = _min(2 * L, g.Kg - k0)
+                    xpl = xb + (nn * g.G + gi) * q.img + od * g.SD * q.Hp * q.Wp * L
+                    ypl = &y[n0 + nn, 0] + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW
+                    wa = wb + (gi * q.KB + 2 * kp) * q.wblk
+                    bias = &b[gi * g.Kg + k0] if has_bias else NULL
+                    if q.wide:
+                        # pixels j of the plane on rows Wp long; input pixel j at xpl + j*L
+                        jend = (oh1 - 1) * q.Wp + g.OW
+                        j = oh0 * q.Wp
+                        while j < jend:
+                            _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xpl + j * L, xs,
+                                   q.plane, wa, q.wblk, toff, &g, &q, bias)
+                            j = j + CY_UR
+                    else:
+                        for oh in range(oh0, oh1):
+                            j = 0
+                            while j < g.OW:
+                                _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
+                                       xpl + (oh * g.SH * q.Wp + j * g.SW) * L, xs,
+                                       q.plane, wa, q.wblk, toff, &g, &q, bias)
+                                j = j + CY_UR
+    finally:
+        free(xb)
+        free(wb)
+        free(toff)

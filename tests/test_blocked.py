@@ -1,0 +1,171 @@
+"""The channel-blocked direct kernel (``cyconv/_ext/blocked.pyx``).
+
+``algorithm="direct"`` runs it for forward convolutions whose groups have at least one
+vector of input and output channels (8 float32 / 4 float64), and for the input gradient
+(and transposed convolution) of such layers at unit stride.  The main grids use a few
+channels per group and so test the per-channel direct kernel; this grid has channel
+counts that are and are not multiples of the block, output blocks that pair up and one
+left over, both the row-by-row path (stride > 1) and the wide-grid path (unit stride),
+1-D/2-D/3-D, dilation, padding forms, groups and bias.  Every case first checks that the
+blocked kernel really ran.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cyconv
+import reference
+from conftest import DTYPES, ConvCase, assert_close, assert_identical
+from cyconv import _cpu
+
+BLOCKED_CASES = [
+    # nd, N, C_in, C_out, groups, in, kernel, stride, padding, dilation, bias
+    ConvCase(2, 2, 16, 24, 1, (9, 11), (3, 3), padding=1, bias=True),
+    ConvCase(2, 2, 9, 13, 1, (8, 7), (3, 3), padding="same"),
+    ConvCase(2, 1, 24, 8, 1, (10, 10), (3, 3), stride=2, padding=1),
+    ConvCase(2, 2, 8, 40, 1, (7, 13), (5, 3), stride=(1, 2), padding=((2, 1), (0, 3)),
+             bias=True),
+    ConvCase(2, 2, 32, 32, 2, (9, 9), (3, 3), padding=2, dilation=2, bias=True),
+    ConvCase(2, None, 12, 20, 1, (6, 15), (2, 4), padding="same", dilation=(2, 1)),
+    ConvCase(2, 3, 16, 16, 1, (5, 5), (1, 1)),
+    ConvCase(2, 2, 16, 16, 1, (12, 12), (3, 3), stride=3, padding="valid"),
+    ConvCase(2, 2, 17, 9, 1, (31, 29), (3, 3), padding=1),
+    ConvCase(1, 2, 16, 24, 1, (50,), (9,), padding=4, bias=True),
+    ConvCase(1, 3, 10, 12, 1, (40,), (2,), dilation=8, padding="same"),
+    ConvCase(1, 2, 16, 16, 2, (33,), (3,), stride=2, padding=((1, 2),)),
+    ConvCase(3, 2, 16, 16, 1, (5, 6, 7), (3, 3, 3), padding=1, bias=True),
+    ConvCase(3, 1, 8, 12, 1, (4, 9, 8), (2, 3, 3), stride=(1, 2, 1), padding="same"),
+    ConvCase(3, 2, 12, 8, 1, (6, 5, 5), (3, 1, 2), padding=((1, 1), (0, 0), (1, 0)),
+             dilation=(2, 1, 1)),
+]
+IDS = [c.id for c in BLOCKED_CASES]
+
+
+def _spy(monkeypatch):
+    """Count the blocked kernel's calls."""
+    mod = _cpu.kernels("blocked")
+    calls = []
+    real = mod.conv_forward
+
+    def spy(*args):
+        calls.append(args[4])
+        return real(*args)
+
+    monkeypatch.setattr(mod, "conv_forward", spy)
+    return calls
+
+
+def _unit_stride_no_overpad(case):
+    return (all(s == 1 for s in case.stride_t)
+            and all(pb <= d * (k - 1)
+                    for (pb, _), d, k in zip(case.pairs, case.dilation_t, case.kernel_size)))
+
+
+def _batched(a, case):
+    return a if case.batched else a[None]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=IDS)
+def test_forward_matches_reference(case, dtype, monkeypatch):
+    calls = _spy(monkeypatch)
+    x, w, b = case.numpy_arrays(dtype)
+    y = getattr(cyconv, case.op)(x, w, b, **case.kwargs, algorithm="direct")
+    assert len(calls) == 1, "the blocked kernel did not run"
+    expected = reference.conv(_batched(x, case), w, b, case.stride_t, case.pairs,
+                              case.dilation_t, case.groups)
+    assert_close(_batched(y, case), expected, dtype, what=case.id)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", BLOCKED_CASES, ids=IDS)
+def test_input_grad_matches_reference(case, dtype, monkeypatch):
+    calls = _spy(monkeypatch)
+    x, w, _ = case.numpy_arrays(dtype)
+    gy = case.grad_output(dtype)
+    gx = getattr(cyconv.grad, f"{case.op}_input")(x.shape, w, gy, **case.kwargs,
+                                                   algorithm="direct")
+    assert len(calls) == (1 if _unit_stride_no_overpad(case) else 0)
+    expected = reference.conv_input_grad(_batched(x, case).shape, w, _batched(gy, case),
+                                         case.stride_t, case.pairs, case.dilation_t,
+                                         case.groups)
+    assert_close(_batched(gx, case), expected, dtype, what=case.id)
+
+
+TRANSPOSED = [
+    # (nd, N, C_in, C_out, groups, in_size, kernel, padding, dilation)
+    (2, 2, 16, 24, 1, (7, 9), (3, 3), 1, 1),
+    (2, 2, 24, 16, 2, (6, 6), (4, 4), 0, 2),
+    (1, 3, 9, 12, 1, (20,), (5,), 2, 1),
+    (3, 1, 8, 8, 1, (3, 4, 5), (3, 3, 3), 1, 1),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", TRANSPOSED, ids=lambda s: f"{s[0]}d-c{s[2]}to{s[3]}g{s[4]}")
+def test_unit_stride_transposed_conv_matches_reference(spec, dtype, monkeypatch):
+    nd, N, C_in, C_out, G, size, k, pad, dil = spec
+    calls = _spy(monkeypatch)
+    rng = np.random.default_rng(3)
+    x = rng.uniform(-1, 1, (N, C_in) + size).astype(dtype)
+    w = rng.uniform(-1, 1, (C_in, C_out // G) + k).astype(dtype)
+    b = rng.uniform(-1, 1, C_out).astype(dtype)
+    y = getattr(cyconv, f"conv_transpose{nd}d")(x, w, b, padding=pad, groups=G, dilation=dil,
+                                                 algorithm="direct")
+    assert len(calls) == 1
+    assert_close(y, reference.conv_transpose(x, w, b, 1, pad, 0, G, dil), dtype)
+
+
+@pytest.mark.parametrize("case", [BLOCKED_CASES[0], BLOCKED_CASES[8], BLOCKED_CASES[12]],
+                         ids=lambda c: c.id)
+def test_bit_identical_for_any_thread_count_and_workspace(case):
+    x, w, b = case.numpy_arrays(np.float32)
+    gy = case.grad_output(np.float32)
+    op = getattr(cyconv, case.op)
+    gin = getattr(cyconv.grad, f"{case.op}_input")
+
+    def both():
+        return (op(x, w, b, **case.kwargs, algorithm="direct"),
+                gin(x.shape, w, gy, **case.kwargs, algorithm="direct"))
+
+    old_t, old_ws = cyconv.get_num_threads(), cyconv.get_workspace_limit()
+    try:
+        cyconv.set_num_threads(2)
+        y2, g2 = both()
+        cyconv.set_num_threads(1)
+        y1, g1 = both()
+        cyconv.set_num_threads(2)
+        cyconv.set_workspace_limit(1024)         # one sample per chunk
+        yc, gc = both()
+    finally:
+        cyconv.set_num_threads(old_t)
+        cyconv.set_workspace_limit(old_ws)
+    for a, what in ((y1, "forward, 1 thread"), (yc, "forward, tiny workspace")):
+        assert_identical(a, y2, what)
+    for a, what in ((g1, "input grad, 1 thread"), (gc, "input grad, tiny workspace")):
+        assert_identical(a, g2, what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_nan_and_inf_propagate(dtype):
+    case = BLOCKED_CASES[0]
+    x, w, b = case.numpy_arrays(dtype)
+    x[1, 3, 4, 5] = np.nan
+    x[0, 0, 0, 0] = np.inf
+    w[5, 2, 0, 0] = np.inf          # meets padding zeros too: 0 * inf = NaN, as im2col
+    got = cyconv.conv2d(x, w, b, **case.kwargs, algorithm="direct")
+    ref = cyconv.conv2d(x, w, b, **case.kwargs, algorithm="im2col")
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(ref))
+    np.testing.assert_array_equal(np.isinf(got), np.isinf(ref))
+    assert np.isnan(got).any() and np.isinf(got).any()
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+def test_small_channel_groups_keep_the_per_channel_kernel(monkeypatch):
+    calls = _spy(monkeypatch)
+    x = np.ones((2, 8, 9, 9), np.float32)
+    cyconv.conv2d(x, np.ones((8, 2, 3, 3), np.float32), groups=4, algorithm="direct")
+    cyconv.conv2d(x, np.ones((8, 8, 3, 3), np.float32), algorithm="direct")
+    assert len(calls) == 1        # groups of 2 channels: per-channel; 8 channels: blocked
