@@ -5,6 +5,8 @@ and no timing-based autotuning is done.
 """
 from __future__ import annotations
 
+import math
+
 from ._params import INT32_MAX, ConvParams
 
 DIRECTIONS = ("forward", "backward_input", "backward_weight")
@@ -21,7 +23,9 @@ def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: in
 
     Direct loops win where a GEMM has too little to reuse: depthwise and thin groups
     (few channels per group, so each group's GEMM is a sliver), and layers whose column
-    matrix would have very few rows.  Everything else goes to im2col + BLAS.
+    matrix would have very few rows.  On the CPU the channel-blocked direct kernel also
+    wins most dense unit-stride layers (:func:`_blocked_wins`).  Everything else goes to
+    im2col + BLAS.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}")
@@ -33,4 +37,30 @@ def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: in
         return "direct"
     if p.gemm_k < 8:
         return "direct"
+    if device == "cpu" and _blocked_wins(p, direction, itemsize):
+        return "direct"
     return "im2col"
+
+
+def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
+    """Dense layers where the channel-blocked direct kernel beats im2col + GEMM.
+
+    Measured on 2-core AVX2 machines (``python -m cyconv bench --algorithms``): it wins
+    by 1.2-2.4x on unit-stride layers with at least 3 taps (ResNet 3x3 at 56x56, dilated,
+    1-D k9, 3-D), forward and input gradient.  im2col + GEMM stays ahead where a GEMM
+    has the most to reuse and the blocked kernel the least: 1x1 and 2-tap kernels, long
+    channel reductions over small planes (256 channels at 14x14), strided layers, and
+    without AVX2 (the blocked micro-kernel needs 16 vector registers).
+    """
+    from . import _cpu
+    if _cpu.ISA != "avx2" or direction == "backward_weight":
+        return False
+    if any(s != 1 for s in p.stride) or math.prod(p.kernel_size) < 3:
+        return False
+    if direction == "forward":
+        ok, k, pixels = _cpu.blocked_applies(p, itemsize), p.gemm_k, p.pixels
+    else:   # the input gradient runs as a forward conv from column side to image side
+        ok = _cpu.blocked_input_grad_applies(p, itemsize)
+        k = p.col_channels // p.G * math.prod(p.kernel_size)
+        pixels = math.prod(p.img_size)
+    return ok and not (k >= 2048 and pixels <= 1024)
