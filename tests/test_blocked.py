@@ -117,9 +117,11 @@ def test_unit_stride_transposed_conv_matches_reference(spec, dtype, monkeypatch)
     assert_close(y, reference.conv_transpose(x, w, b, 1, pad, 0, G, dil), dtype)
 
 
-@pytest.mark.parametrize("case", [BLOCKED_CASES[0], BLOCKED_CASES[8], BLOCKED_CASES[12]],
+@pytest.mark.parametrize("case", [BLOCKED_CASES[i] for i in (0, 2, 3, 8, 12, 13, 14)],
                          ids=lambda c: c.id)
 def test_bit_identical_for_any_thread_count_and_workspace(case):
+    """Chunking (whole samples, slabs of depth slices or rows, down to one) and the
+    thread count never change a bit."""
     x, w, b = case.numpy_arrays(np.float32)
     gy = case.grad_output(np.float32)
     op = getattr(cyconv, case.op)
@@ -133,18 +135,19 @@ def test_bit_identical_for_any_thread_count_and_workspace(case):
     try:
         cyconv.set_num_threads(2)
         y2, g2 = both()
+        runs = []
         cyconv.set_num_threads(1)
-        y1, g1 = both()
+        runs.append(("1 thread", both()))
         cyconv.set_num_threads(2)
-        cyconv.set_workspace_limit(1024)         # one sample per chunk
-        yc, gc = both()
+        for limit in (1024, 8 * 1024, 40 * 1024):
+            cyconv.set_workspace_limit(limit)
+            runs.append((f"workspace {limit} B", both()))
     finally:
         cyconv.set_num_threads(old_t)
         cyconv.set_workspace_limit(old_ws)
-    for a, what in ((y1, "forward, 1 thread"), (yc, "forward, tiny workspace")):
-        assert_identical(a, y2, what)
-    for a, what in ((g1, "input grad, 1 thread"), (gc, "input grad, tiny workspace")):
-        assert_identical(a, g2, what)
+    for what, (y, g) in runs:
+        assert_identical(y, y2, f"forward, {what}")
+        assert_identical(g, g2, f"input grad, {what}")
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -64,8 +64,8 @@ cdef struct Blk:
     Py_ssize_t L, CB, KB, KP     # lanes, input / output channel blocks, output block pairs
     bint wide                    # unit stride in H and W: whole planes on the wide grid
     Py_ssize_t Dp, Hp, Wp        # padded extent of one input block
-    Py_ssize_t plane             # Dp * Hp * Wp * L (+ overhang slack): one channel block
-    Py_ssize_t img               # CB * plane: one (sample, group) image
+    bint outer_d                 # chunk along depth (3-D), else along height
+    Py_ssize_t inner             # padded pixels per outer index: Hp * Wp, or Wp
     Py_ssize_t wblk              # CB * KK * L * L: one output block's weights
 
 
@@ -91,32 +91,55 @@ cdef Blk make_blk(const Geom* g, Py_ssize_t L) noexcept nogil:
     # on the wide grid that overhang runs into the next row (or the slack below)
     ow_span = g.OW if q.wide else (g.OW + CY_UR - 1) // CY_UR * CY_UR
     q.Wp = _max(g.W + g.PW, (ow_span - 1) * g.SW + (g.KW - 1) * g.DW + 1)
-    q.plane = (q.Dp * q.Hp * q.Wp + CY_UR) * L
-    q.img = q.CB * q.plane
+    q.outer_d = not (g.D == 1 and g.OD == 1 and g.KD == 1 and g.PD == 0)
+    q.inner = q.Hp * q.Wp if q.outer_d else q.Wp
     q.wblk = q.CB * g.KK * L * L
     return q
 
 
+cdef inline Py_ssize_t slab_rows(const Geom* g, const Blk* q, Py_ssize_t oc) noexcept nogil:
+    """Padded input rows (depth slices, or image rows) that oc outer output indices read."""
+    if q.outer_d:
+        return (oc - 1) * g.SD + (g.KD - 1) * g.DD + 1
+    return (oc - 1) * g.SH + (g.KH - 1) * g.DH + 1
+
+
+cdef inline Py_ssize_t slab_plane(const Geom* g, const Blk* q, Py_ssize_t oc) noexcept nogil:
+    """Elements of one packed channel block for oc outer output indices (+ the slack
+    that the wide grid's last micro-kernel call may read past the end)."""
+    return (slab_rows(g, q, oc) * q.inner + CY_UR) * q.L
+
+
 def workspace_bytes(tuple geom, Py_ssize_t itemsize):
-    """Scratch bytes of one sample's packed input (the least a call can work with)."""
+    """Scratch bytes of the smallest chunk (one output row or depth slice of one sample):
+    the blocked kernel needs at least this much, whatever the workspace limit."""
     cdef Geom g = make_geom(geom)
     cdef Blk q = make_blk(&g, 32 // itemsize)
-    return g.G * q.img * itemsize
+    return g.G * q.CB * slab_plane(&g, &q, 1) * itemsize
 
 
-cdef void pack_block(const floating* x, floating* xb, Py_ssize_t nci, const Geom* g,
-                     const Blk* q) noexcept nogil:
-    """xb[PD + d, PH + h, PW + w, ci] = x[ci, d, h, w] for ci < nci; zeros elsewhere.
-
-    x points at the first of the block's nci (<= L) channel planes of one sample.
-    """
-    cdef Py_ssize_t L = q.L, d, h, i, ci
+cdef void pack_slab(const floating* x, floating* xb, Py_ssize_t nci, Py_ssize_t o0,
+                    Py_ssize_t rows, Py_ssize_t splane, const Geom* g,
+                    const Blk* q) noexcept nogil:
+    """One channel block of the padded input rows [o0 * stride, + rows) along the outer
+    axis: ``xb[r, ..., w, ci] = xpad[ci, o0 * stride + r, ..., w]``, zeros in the padding
+    and for ci >= nci.  x points at the block's first of nci (<= L) channel planes."""
+    cdef Py_ssize_t L = q.L, d, h, i, ci, loc
     cdef floating* dst
     cdef const floating* src
-    memset(xb, 0, q.plane * sizeof(floating))
+    memset(xb, 0, splane * sizeof(floating))
     for d in range(g.D):
         for h in range(g.H):
-            dst = xb + (((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW) * L
+            if q.outer_d:
+                loc = d + g.PD - o0 * g.SD
+                if loc < 0 or loc >= rows:
+                    break
+                dst = xb + ((loc * q.Hp + h + g.PH) * q.Wp + g.PW) * L
+            else:
+                loc = h + g.PH - o0 * g.SH
+                if loc < 0 or loc >= rows:
+                    continue
+                dst = xb + (loc * q.Wp + g.PW) * L
             src = x + (d * g.H + h) * g.W
             for i in range(g.W):
                 for ci in range(nci):
@@ -154,6 +177,63 @@ cdef inline void _micro(floating* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j,
                        bias)
 
 
+cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssize_t ystride,
+                     const floating* b, const floating* wb, floating* xb,
+                     const Py_ssize_t* toff, Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t o0,
+                     Py_ssize_t PC, Py_ssize_t R0, Py_ssize_t NR, Py_ssize_t RB,
+                     Py_ssize_t NRB, Py_ssize_t rows, Py_ssize_t splane, Py_ssize_t simg,
+                     Py_ssize_t xs, Py_ssize_t n_threads, const Geom* g,
+                     const Blk* q) noexcept nogil:
+    """Pack the chunk's input slabs, then compute its outputs (two parallel loops).
+
+    Samples n0 .. n0+nc; outer output indices o0 ..: PC planes (depth chunk) of all rows,
+    or rows R0 .. R0+NR of the single plane (height chunk).  b is NULL without bias.
+    """
+    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh, oh0, oh1, k0, nk, j, jend, rbase
+    cdef const floating* xsl
+    cdef const floating* wa
+    cdef const floating* bias
+    cdef floating* ypl
+    for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="static"):
+        nn = it // (g.G * q.CB)
+        gi = (it // q.CB) % g.G
+        c = (it % q.CB) * L
+        pack_slab(x + (n0 + nn) * xstride + (gi * g.Cg + c) * g.img_plane, xb + it * splane,
+                  _min(L, g.Cg - c), o0, rows, splane, g, q)
+    for it in prange(nc * g.G * q.KP * PC * NRB, num_threads=n_threads, schedule="static"):
+        oh0 = R0 + (it % NRB) * RB
+        oh1 = _min(R0 + NR, oh0 + RB)
+        pi = (it // NRB) % PC
+        kp = (it // (NRB * PC)) % q.KP
+        gi = (it // (NRB * PC * q.KP)) % g.G
+        nn = it // (NRB * PC * q.KP * g.G)
+        od = o0 + pi if q.outer_d else 0
+        k0 = 2 * kp * L
+        nk = _min(2 * L, g.Kg - k0)
+        # the slab's first row: plane pi of a depth chunk, or row R0 of a height chunk
+        xsl = xb + (nn * g.G + gi) * simg + pi * g.SD * q.inner * L
+        rbase = R0 * g.SH
+        ypl = y + (n0 + nn) * ystride + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW
+        wa = wb + (gi * q.KB + 2 * kp) * q.wblk
+        bias = b + gi * g.Kg + k0 if b != NULL else NULL
+        if q.wide:
+            # pixels j of the plane on rows Wp long; input pixel j at slab row j // Wp - R0
+            jend = (oh1 - 1) * q.Wp + g.OW
+            j = oh0 * q.Wp
+            while j < jend:
+                _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L, xs,
+                       splane, wa, q.wblk, toff, g, q, bias)
+                j = j + CY_UR
+        else:
+            for oh in range(oh0, oh1):
+                j = 0
+                while j < g.OW:
+                    _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
+                           xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
+                           splane, wa, q.wblk, toff, g, q, bias)
+                    j = j + CY_UR
+
+
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
                  floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes):
     """y[n] = conv(x[n], w) + b for every sample, channel-blocked direct loops.
@@ -165,28 +245,33 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef Blk q = make_blk(&g, L)
     cdef Py_ssize_t N = x.shape[0]
     cdef bint has_bias = b.shape[0] > 0
-    cdef Py_ssize_t per_sample = g.G * q.img
-    cdef Py_ssize_t NC = _max(1, _min(N, ws_bytes // (per_sample * <Py_ssize_t> sizeof(floating))))
-    # a work item: RB output rows of one plane of one (sample, group, output block pair),
-    # enough items for every thread to get several
-    cdef Py_ssize_t base = _min(N, NC) * g.G * q.KP * g.OD
-    cdef Py_ssize_t RB = _max(1, _min(g.OH, base * g.OH // (8 * n_threads)))
-    cdef Py_ssize_t NRB = (g.OH + RB - 1) // RB
+    cdef Py_ssize_t elem = sizeof(floating)
+    cdef Py_ssize_t OO = g.OD if q.outer_d else g.OH       # outer output extent
+    cdef Py_ssize_t So = g.SD if q.outer_d else g.SH
+    # Chunks: whole samples while one fits the workspace, else slabs of OC outer output
+    # indices of one sample (at least one, whatever the limit).
+    cdef Py_ssize_t OC = OO, NC = 1, room
+    cdef Py_ssize_t per_sample = g.G * q.CB * slab_plane(&g, &q, OO)
+    if per_sample * elem <= ws_bytes:
+        NC = _max(1, _min(N, ws_bytes // (per_sample * elem)))
+    else:
+        room = (ws_bytes // (g.G * q.CB * L * elem) - CY_UR) // q.inner   # slab rows
+        OC = _max(1, _min(OO, (room - slab_rows(&g, &q, 1)) // So + 1))
+    cdef Py_ssize_t rows = slab_rows(&g, &q, OC)
+    cdef Py_ssize_t splane = slab_plane(&g, &q, OC)
+    cdef Py_ssize_t simg = q.CB * splane                   # one (sample, group) slab
+    cdef Py_ssize_t o0, oc, PC, R0, NR, RB, NRB
     cdef Py_ssize_t nw = g.G * q.KB * q.wblk
     cdef floating* wb = _alloc(nw, <floating> 0)
     cdef floating* xb = NULL
     cdef Py_ssize_t* toff = <Py_ssize_t*> malloc(g.KK * sizeof(Py_ssize_t))
-    cdef Py_ssize_t gi, k, c, t, kd, kh, kw, n0, nc, it, nn, kp, od, oh, oh0, oh1, k0, nk, j, jend
+    cdef Py_ssize_t gi, k, c, t, kd, kh, kw, n0, nc
     cdef Py_ssize_t xs = (1 if q.wide else g.SW) * L
-    cdef const floating* xpl
-    cdef const floating* wa
-    cdef const floating* bias
-    cdef floating* ypl
     if toff == NULL:
         free(wb)
         raise MemoryError("cyconv: could not allocate the tap offsets")
     try:
-        xb = _alloc(NC * per_sample, <floating> 0)
+        xb = _alloc(NC * g.G * simg, <floating> 0)
         memset(wb, 0, nw * sizeof(floating))
         for gi in range(g.G):
             for k in range(g.Kg):
@@ -201,43 +286,19 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
             toff[t] = ((kd * g.DD * q.Hp + kh * g.DH) * q.Wp + kw * g.DW) * L
         for n0 in range(0, N, NC):
             nc = _min(NC, N - n0)
-            with nogil:
-                for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="static"):
-                    nn = it // (g.G * q.CB)
-                    gi = (it // q.CB) % g.G
-                    c = (it % q.CB) * L
-                    pack_block(&x[n0 + nn, 0] + (gi * g.Cg + c) * g.img_plane,
-                               xb + it * q.plane, _min(L, g.Cg - c), &g, &q)
-                for it in prange(nc * g.G * q.KP * g.OD * NRB, num_threads=n_threads,
-                                 schedule="static"):
-                    oh0 = (it % NRB) * RB
-                    oh1 = _min(g.OH, oh0 + RB)
-                    od = (it // NRB) % g.OD
-                    kp = (it // (NRB * g.OD)) % q.KP
-                    gi = (it // (NRB * g.OD * q.KP)) % g.G
-                    nn = it // (NRB * g.OD * q.KP * g.G)
-                    k0 = 2 * kp * L
-                    nk = _min(2 * L, g.Kg - k0)
-                    xpl = xb + (nn * g.G + gi) * q.img + od * g.SD * q.Hp * q.Wp * L
-                    ypl = &y[n0 + nn, 0] + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW
-                    wa = wb + (gi * q.KB + 2 * kp) * q.wblk
-                    bias = &b[gi * g.Kg + k0] if has_bias else NULL
-                    if q.wide:
-                        # pixels j of the plane on rows Wp long; input pixel j at xpl + j*L
-                        jend = (oh1 - 1) * q.Wp + g.OW
-                        j = oh0 * q.Wp
-                        while j < jend:
-                            _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xpl + j * L, xs,
-                                   q.plane, wa, q.wblk, toff, &g, &q, bias)
-                            j = j + CY_UR
-                    else:
-                        for oh in range(oh0, oh1):
-                            j = 0
-                            while j < g.OW:
-                                _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
-                                       xpl + (oh * g.SH * q.Wp + j * g.SW) * L, xs,
-                                       q.plane, wa, q.wblk, toff, &g, &q, bias)
-                                j = j + CY_UR
+            for o0 in range(0, OO, OC):
+                oc = _min(OC, OO - o0)
+                # a work item: RB output rows of one plane of one (sample, group, output
+                # block pair), enough items for every thread to get several
+                PC = oc if q.outer_d else 1                # planes in this chunk
+                R0 = 0 if q.outer_d else o0                # its output rows [R0, R0 + NR)
+                NR = g.OH if q.outer_d else oc
+                RB = _max(1, _min(NR, nc * g.G * q.KP * PC * NR // (8 * n_threads)))
+                NRB = (NR + RB - 1) // RB
+                with nogil:
+                    _run_chunk(&x[0, 0], x.shape[1], &y[0, 0], y.shape[1],
+                               &b[0] if has_bias else NULL, wb, xb, toff, n0, nc, o0, PC,
+                               R0, NR, RB, NRB, rows, splane, simg, xs, n_threads, &g, &q)
     finally:
         free(xb)
         free(wb)
