@@ -38,8 +38,26 @@ BLOCKED_CASES = [
     ConvCase(3, 1, 8, 12, 1, (4, 9, 8), (2, 3, 3), stride=(1, 2, 1), padding="same"),
     ConvCase(3, 2, 12, 8, 1, (6, 5, 5), (3, 1, 2), padding=((1, 1), (0, 0), (1, 0)),
              dilation=(2, 1, 1)),
+    # wide enough rows for the wide-grid sweep (padding columns cost less than rounding
+    # OW up to whole 6-pixel calls)
+    ConvCase(2, 2, 16, 24, 1, (6, 40), (3, 3), padding=1, bias=True),
+    ConvCase(1, 2, 8, 16, 1, (64,), (3,), padding="same"),
+    ConvCase(3, 1, 8, 8, 1, (3, 4, 22), (3, 3, 3), padding=1),
+    ConvCase(2, 1, 16, 8, 1, (9, 34), (3, 3), padding=1, dilation=(2, 1)),
 ]
 IDS = [c.id for c in BLOCKED_CASES]
+
+
+def _geometry(case, itemsize=4):
+    from cyconv._params import conv_params
+    x_shape = case.x_shape if case.batched else (1,) + case.x_shape
+    return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).geometry()
+
+
+def test_grid_covers_both_sweeps():
+    blk = _cpu.kernels("blocked")
+    modes = {blk.wide_grid(_geometry(c), 4) for c in BLOCKED_CASES}
+    assert modes == {True, False}
 
 
 def _spy(monkeypatch):

@@ -6,15 +6,19 @@ ones.  Here channels are blocked by the vector width L (8 float32 / 4 float64), 
 oneDNN's ``jit:avx2`` convolution and Georganas et al. (arXiv:1808.05567):
 
 * each sample's group image is repacked once into zero-padded blocks
-  ``xb[cb][Dp][Hp][Wp][L]`` (a per-call workspace, chunked over the batch to respect the
-  workspace limit);
+  ``xb[cb][Dp][Hp][Wp][L]``, a per-call workspace within the workspace limit: several
+  samples at a time when they fit, else slabs of the depth slices (3-D) or rows (1-D,
+  2-D) that a run of output slices or rows reads, down to a single one;
 * the weights are repacked once per call into ``wb[g][kb][cb][tap][ci][co]`` (L x L
   blocks, zero where a channel block overhangs the real channel count);
 * the micro-kernel in ``_blocked.h`` keeps 6 output pixels x 2 output-channel blocks in
   registers and streams every input-channel block and kernel tap through them, so each
   loaded weight vector feeds 6 FMAs and each broadcast input value 2;
-* a work item is one output row of one (sample, group, pair of output-channel blocks);
-  rows are split statically across the threads.
+* a work item is a run of output rows of one plane of one (sample, group, pair of
+  output-channel blocks), sized so that every thread gets several; items are split
+  statically across the threads.  With unit stride in H and W a run of rows is one
+  "wide" sweep over rows Wp long (see ``_blocked.h``), so a narrow output row does not
+  waste a partial micro-kernel call at its end.
 
 Every output element is one fixed-order sum over (channel block, tap, channel), computed
 by one thread: results are bit-identical for any thread count and any workspace limit.
@@ -79,17 +83,22 @@ cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 cdef Blk make_blk(const Geom* g, Py_ssize_t L) noexcept nogil:
     cdef Blk q
-    cdef Py_ssize_t ow_span
+    cdef Py_ssize_t ow_span, row_span
     q.L = L
     q.CB = (g.Cg + L - 1) // L
     q.KB = (g.Kg + L - 1) // L
     q.KP = (q.KB + 1) // 2
-    q.wide = g.SH == 1 and g.SW == 1
+    # Unit stride in H and W allows whole planes on the wide grid (rows Wp long), which
+    # pays for the Wp - OW padding columns; row by row pays for rounding OW up to whole
+    # micro-kernel calls.  Take the cheaper: wide padding dwarfs OW at large dilation.
+    row_span = (g.OW + CY_UR - 1) // CY_UR * CY_UR
+    q.wide = (g.SH == 1 and g.SW == 1
+              and _max(g.W + g.PW, g.OW + (g.KW - 1) * g.DW) <= row_span)
     q.Dp = _max(g.D + g.PD, (g.OD - 1) * g.SD + (g.KD - 1) * g.DD + 1)
     q.Hp = _max(g.H + g.PH, (g.OH - 1) * g.SH + (g.KH - 1) * g.DH + 1)
     # row by row, the last micro-kernel call of a row computes CY_UR pixels even past OW;
     # on the wide grid that overhang runs into the next row (or the slack below)
-    ow_span = g.OW if q.wide else (g.OW + CY_UR - 1) // CY_UR * CY_UR
+    ow_span = g.OW if q.wide else row_span
     q.Wp = _max(g.W + g.PW, (ow_span - 1) * g.SW + (g.KW - 1) * g.DW + 1)
     q.outer_d = not (g.D == 1 and g.OD == 1 and g.KD == 1 and g.PD == 0)
     q.inner = q.Hp * q.Wp if q.outer_d else q.Wp
@@ -108,6 +117,12 @@ cdef inline Py_ssize_t slab_plane(const Geom* g, const Blk* q, Py_ssize_t oc) no
     """Elements of one packed channel block for oc outer output indices (+ the slack
     that the wide grid's last micro-kernel call may read past the end)."""
     return (slab_rows(g, q, oc) * q.inner + CY_UR) * q.L
+
+
+def wide_grid(tuple geom, Py_ssize_t itemsize):
+    """Whether the kernel sweeps whole planes on the wide grid (else row by row)."""
+    cdef Geom g = make_geom(geom)
+    return bool(make_blk(&g, 32 // itemsize).wide)
 
 
 def workspace_bytes(tuple geom, Py_ssize_t itemsize):
