@@ -36,8 +36,8 @@
 
 /* A vector with every lane = s (one vbroadcastss/sd from memory; "0 + s" would cost an
  * add and turn -0.0 into +0.0). */
-static inline cy_v8f cy_bcast_f(float s) { return (cy_v8f){s, s, s, s, s, s, s, s}; }
-static inline cy_v4d cy_bcast_d(double s) { return (cy_v4d){s, s, s, s}; }
+#define cy_bcast_f(s) ({ float s_ = (s); (cy_v8f){s_, s_, s_, s_, s_, s_, s_, s_}; })
+#define cy_bcast_d(s) ({ double s_ = (s); (cy_v4d){s_, s_, s_, s_}; })
 
 /* pix[u] = the output offset of grid pixel j + u, or -1; nu = how many are below jend. */
 #define CY_PIXELS(pix, nu, j, jend, wrow, ow_n)                                        \
@@ -45,6 +45,21 @@ static inline cy_v4d cy_bcast_d(double s) { return (cy_v4d){s, s, s, s}; }
         Py_ssize_t jj_ = j + nu, r_ = jj_ / wrow, c_ = jj_ - r_ * wrow;                \
         pix[nu] = c_ < ow_n ? r_ * ow_n + c_ : -1;                                     \
     }
+
+/* y[co*ys + pixel] = tile[co / L][u][co % L] + bias[co] for the nk channels and the
+ * real pixels u of the call (see CY_PIXELS). */
+#define CY_STORE(T, L, tile, y, ys, nk, j, jend, wrow, ow_n, bias)                     \
+    do {                                                                               \
+        Py_ssize_t nu_, u_, co_, pix_[CY_UR];                                          \
+        CY_PIXELS(pix_, nu_, j, jend, wrow, ow_n);                                     \
+        for (co_ = 0; co_ < nk; co_++) {                                               \
+            T bv_ = bias ? bias[co_] : (T)0;                                           \
+            T *yc_ = y + co_ * ys;                                                     \
+            for (u_ = 0; u_ < nu_; u_++)                                               \
+                if (pix_[u_] >= 0)                                                     \
+                    yc_[pix_[u_]] = tile[co_ / L][u_][co_ % L] + bv_;                  \
+        }                                                                              \
+    } while (0)
 
 #define CY_DEFINE_BLOCKED(NAME, T, V, L, BC)                                             \
 static void NAME##_2(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,    \
@@ -55,7 +70,7 @@ static void NAME##_2(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_
 {                                                                                      \
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};                      \
     V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};                      \
-    Py_ssize_t cb, t, ci, u, co, nu, pix[CY_UR];                                       \
+    Py_ssize_t cb, t, ci;                                                              \
     for (cb = 0; cb < CB; cb++) {                                                      \
         const T *xc = x + cb * xcs;                                                    \
         const T *p0 = w0 + cb * wcs, *p1 = w1 + cb * wcs;                              \
@@ -78,14 +93,7 @@ static void NAME##_2(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_
         *(V *)tile[0][3] = a3; *(V *)tile[0][4] = a4; *(V *)tile[0][5] = a5;           \
         *(V *)tile[1][0] = c0; *(V *)tile[1][1] = c1; *(V *)tile[1][2] = c2;           \
         *(V *)tile[1][3] = c3; *(V *)tile[1][4] = c4; *(V *)tile[1][5] = c5;           \
-        CY_PIXELS(pix, nu, j, jend, wrow, ow_n);                                       \
-        for (co = 0; co < nk; co++) {                                                  \
-            T bv = bias ? bias[co] : (T)0;                                             \
-            T *yc = y + co * ys;                                                       \
-            for (u = 0; u < nu; u++)                                                   \
-                if (pix[u] >= 0)                                                       \
-                    yc[pix[u]] = tile[co / L][u][co % L] + bv;                         \
-        }                                                                              \
+        CY_STORE(T, L, tile, y, ys, nk, j, jend, wrow, ow_n, bias);                    \
     }                                                                                  \
 }                                                                                      \
                                                                                        \
@@ -96,7 +104,7 @@ static void NAME##_1(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_
                      const T *bias)                                                     \
 {                                                                                      \
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};                      \
-    Py_ssize_t cb, t, ci, u, co, nu, pix[CY_UR];                                       \
+    Py_ssize_t cb, t, ci;                                                              \
     for (cb = 0; cb < CB; cb++) {                                                      \
         const T *xc = x + cb * xcs;                                                    \
         const T *p0 = w0 + cb * wcs;                                                   \
@@ -114,17 +122,10 @@ static void NAME##_1(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_
         }                                                                              \
     }                                                                                  \
     {                                                                                  \
-        T tile[CY_UR][L];                                                              \
-        *(V *)tile[0] = a0; *(V *)tile[1] = a1; *(V *)tile[2] = a2;                    \
-        *(V *)tile[3] = a3; *(V *)tile[4] = a4; *(V *)tile[5] = a5;                    \
-        CY_PIXELS(pix, nu, j, jend, wrow, ow_n);                                       \
-        for (co = 0; co < nk; co++) {                                                  \
-            T bv = bias ? bias[co] : (T)0;                                             \
-            T *yc = y + co * ys;                                                       \
-            for (u = 0; u < nu; u++)                                                   \
-                if (pix[u] >= 0)                                                       \
-                    yc[pix[u]] = tile[u][co] + bv;                                     \
-        }                                                                              \
+        T tile[1][CY_UR][L];                                                           \
+        *(V *)tile[0][0] = a0; *(V *)tile[0][1] = a1; *(V *)tile[0][2] = a2;           \
+        *(V *)tile[0][3] = a3; *(V *)tile[0][4] = a4; *(V *)tile[0][5] = a5;           \
+        CY_STORE(T, L, tile, y, ys, nk, j, jend, wrow, ow_n, bias);                    \
     }                                                                                  \
 }
 
