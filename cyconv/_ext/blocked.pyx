@@ -216,12 +216,12 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
         pack_slab(x + (n0 + nn) * xstride + (gi * g.Cg + c) * g.img_plane, xb + it * splane,
                   _min(L, g.Cg - c), o0, rows, splane, g, q)
     for it in prange(nc * g.G * q.KP * PC * NRB, num_threads=n_threads, schedule="static"):
-        oh0 = R0 + (it % NRB) * RB
+        kp = it % q.KP
+        oh0 = R0 + (it // q.KP % NRB) * RB
         oh1 = _min(R0 + NR, oh0 + RB)
-        pi = (it // NRB) % PC
-        kp = (it // (NRB * PC)) % q.KP
-        gi = (it // (NRB * PC * q.KP)) % g.G
-        nn = it // (NRB * PC * q.KP * g.G)
+        pi = (it // (q.KP * NRB)) % PC
+        gi = (it // (q.KP * NRB * PC)) % g.G
+        nn = it // (q.KP * NRB * PC * g.G)
         od = o0 + pi if q.outer_d else 0
         k0 = 2 * kp * L
         nk = _min(2 * L, g.Kg - k0)
