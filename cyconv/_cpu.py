@@ -95,13 +95,19 @@ def blocked_applies(p, itemsize: int) -> bool:
             and not _staging_too_big(p))
 
 
-def blocked_input_grad_applies(p, itemsize: int) -> bool:
-    """The input gradient is a blocked forward convolution of the output gradient:
-    unit stride, and padding no wider than the dilated kernel on either side."""
+def input_grad_is_forward(p) -> bool:
+    """The input gradient is a forward convolution of the output gradient (see
+    :func:`_input_grad_as_forward`): unit stride, and padding no wider than the dilated
+    kernel on either side."""
     g = p.geometry()
     k, st, pad, dil = g[9:12], g[12:15], g[15:18], g[18:21]
-    return (blocked_applies(p, itemsize) and all(s == 1 for s in st)
+    return (all(s == 1 for s in st)
             and all(pb <= d * (kk - 1) for pb, d, kk in zip(pad, dil, k)))
+
+
+def blocked_input_grad_applies(p, itemsize: int) -> bool:
+    """The input gradient runs as a blocked forward convolution of the output gradient."""
+    return blocked_applies(p, itemsize) and input_grad_is_forward(p)
 
 
 def _input_grad_as_forward(p, w):
@@ -167,10 +173,13 @@ def conv_backward_input(p, gy, w, b, algorithm):
             gx[...] = np.reshape(b, (1, -1) + (1,) * p.nd)
         return gx
     geom, nt, ws = _launch_args(p, gy.dtype)
-    if algorithm == "direct" and blocked_input_grad_applies(p, gy.dtype.itemsize):
+    if (algorithm == "direct" and input_grad_is_forward(p)
+            and not _staging_too_big(p)):
+        # the forward kernels are the faster ones: run gx = conv(gy, flipped w)
         geom, wf = _input_grad_as_forward(p, w)
-        kernels("blocked").conv_forward(gy.reshape(N, -1), wf, _bias_or_empty(b, gy.dtype),
-                                        gx.reshape(N, -1), geom, nt, ws)
+        fwd = "blocked" if blocked_applies(p, gy.dtype.itemsize) else "direct"
+        kernels(fwd).conv_forward(gy.reshape(N, -1), wf, _bias_or_empty(b, gy.dtype),
+                                  gx.reshape(N, -1), geom, nt, ws)
         return gx
     _kernel_module(p, algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
                                            _bias_or_empty(b, gy.dtype), gx.reshape(N, -1),

@@ -65,19 +65,26 @@ cdef Pad make_pad(const Geom* g) noexcept nogil:
     return q
 
 
-cdef void pad_plane(const floating* x, floating* xp, const Geom* g, const Pad* q) noexcept nogil:
-    """xp = x zero-padded: xp[PD + d, PH + h, PW + w] = x[d, h, w], zeros elsewhere."""
-    cdef Py_ssize_t d, h
-    memset(xp, 0, q.plane * sizeof(floating))
+cdef void fill_plane(const floating* x, floating* xp, const Geom* g, const Pad* q) noexcept nogil:
+    """xp[PD + d, PH + h, PW + w] = x[d, h, w]: the interior of a padded plane only.
+
+    The padding is never written, so a per-thread buffer zeroed once stays a valid
+    padded plane from one work item to the next (rows are short: a plain loop, not a
+    memcpy call per row)."""
+    cdef Py_ssize_t d, h, i
+    cdef floating* dst
+    cdef const floating* src
     for d in range(g.D):
         for h in range(g.H):
-            memcpy(xp + ((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW,
-                   x + (d * g.H + h) * g.W, g.W * sizeof(floating))
+            dst = xp + ((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW
+            src = x + (d * g.H + h) * g.W
+            for i in range(g.W):
+                dst[i] = src[i]
 
 
 cdef void crop_plane(const floating* xp, floating* x, floating bias, const Geom* g,
                      const Pad* q) noexcept nogil:
-    """x[d, h, w] = xp[PD + d, PH + h, PW + w] + bias (the adjoint of pad_plane)."""
+    """x[d, h, w] = xp[PD + d, PH + h, PW + w] + bias (the adjoint of fill_plane)."""
     cdef Py_ssize_t d, h, i
     cdef const floating* src
     cdef floating* dst
@@ -97,19 +104,33 @@ cdef inline void axpy(floating* y, const floating* x, floating a, Py_ssize_t n) 
 
 cdef extern from "_simd.h" nogil:
     void cy_taps_acc_f(float* y, const float* src, const float* wt, const Py_ssize_t* off,
-                       Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw)
+                       Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw, int acc)
     void cy_taps_acc_d(double* y, const double* src, const double* wt, const Py_ssize_t* off,
-                       Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw)
+                       Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw, int acc)
+    void cy_taps_dot_f(float* out, const float* g, const float* src, const Py_ssize_t* off,
+                       Py_ssize_t KK, Py_ssize_t m)
+    void cy_taps_dot_d(double* out, const double* g, const double* src, const Py_ssize_t* off,
+                       Py_ssize_t KK, Py_ssize_t m)
 
 
 cdef inline void taps_acc(floating* y, const floating* src, const floating* wt,
                           const Py_ssize_t* off, Py_ssize_t KK, Py_ssize_t n,
-                          Py_ssize_t sw) noexcept nogil:
-    """y[j] += sum_t wt[t] * src[j * sw + off[t]] for j in [0, n) (see _simd.h)."""
+                          Py_ssize_t sw, bint acc) noexcept nogil:
+    """y[j] (+)= sum_t wt[t] * src[j * sw + off[t]] for j in [0, n), adding to y when acc
+    (see _simd.h)."""
     if floating is float:
-        cy_taps_acc_f(y, src, wt, off, KK, n, sw)
+        cy_taps_acc_f(y, src, wt, off, KK, n, sw, acc)
     else:
-        cy_taps_acc_d(y, src, wt, off, KK, n, sw)
+        cy_taps_acc_d(y, src, wt, off, KK, n, sw, acc)
+
+
+cdef inline void taps_dot(floating* out, const floating* gw, const floating* src,
+                          const Py_ssize_t* off, Py_ssize_t KK, Py_ssize_t m) noexcept nogil:
+    """out[t] += sum_i gw[i] * src[off[t] + i] for every tap t, i in [0, m) (see _simd.h)."""
+    if floating is float:
+        cy_taps_dot_f(out, gw, src, off, KK, m)
+    else:
+        cy_taps_dot_d(out, gw, src, off, KK, m)
 
 
 cdef inline floating dot(const floating* x, const floating* y, Py_ssize_t n) noexcept nogil:
@@ -132,29 +153,9 @@ cdef inline floating dot(const floating* x, const floating* y, Py_ssize_t n) noe
     return ((s0 + s1) + (s2 + s3)) + ((s4 + s5) + (s6 + s7))
 
 
-cdef void tap_forward(floating* yw, const floating* xp, floating wv, Py_ssize_t kd,
-                      Py_ssize_t kh, Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
-    """yw += wv * (the padded input under tap (kd, kh, kw)) on the wide grid."""
-    cdef Py_ssize_t od, oh, j
-    cdef const floating* src
-    cdef floating* dst
-    for od in range(g.OD):
-        src = xp + ((od * g.SD + kd * g.DD) * q.Hp + kh * g.DH) * q.Wp + kw * g.DW
-        dst = yw + od * g.OH * q.L
-        if g.SW == 1 and g.SH == 1:
-            axpy(dst, src, wv, g.OH * q.Wp)
-        elif g.SW == 1:
-            for oh in range(g.OH):
-                axpy(dst + oh * q.L, src + oh * g.SH * q.Wp, wv, q.L)
-        else:
-            for oh in range(g.OH):
-                for j in range(g.OW):
-                    dst[oh * q.L + j] = dst[oh * q.L + j] + wv * src[oh * g.SH * q.Wp + j * g.SW]
-
-
 cdef void tap_backward(floating* xp, const floating* gw, floating wv, Py_ssize_t kd,
                        Py_ssize_t kh, Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
-    """The adjoint of tap_forward: xp (under the tap) += wv * gw (wide grid, zero beyond OW)."""
+    """xp (under tap (kd, kh, kw)) += wv * gw (wide grid, zero beyond OW)."""
     cdef Py_ssize_t od, oh, j
     cdef floating* dst
     cdef const floating* src
@@ -199,26 +200,15 @@ cdef floating tap_dot(const floating* gw, const floating* xp, Py_ssize_t kd, Py_
 
 cdef void stage_wide(const floating* gy, floating* gw, const Geom* g, const Pad* q) noexcept nogil:
     """Copy one output plane onto the wide grid, zeros in the columns j >= OW."""
-    cdef Py_ssize_t r
+    cdef Py_ssize_t r, j
     if q.L == g.OW:
         memcpy(gw, gy, g.P * sizeof(floating))
         return
     for r in range(g.OD * g.OH):
-        memcpy(gw + r * q.L, gy + r * g.OW, g.OW * sizeof(floating))
-        memset(gw + r * q.L + g.OW, 0, (q.L - g.OW) * sizeof(floating))
-
-
-cdef void unstage_wide(const floating* yw, floating* y, floating bias, const Geom* g,
-                       const Pad* q) noexcept nogil:
-    """y = the first OW columns of each wide row, plus bias."""
-    cdef Py_ssize_t r, j
-    cdef const floating* src
-    cdef floating* dst
-    for r in range(g.OD * g.OH):
-        src = yw + r * q.L
-        dst = y + r * g.OW
         for j in range(g.OW):
-            dst[j] = src[j] + bias
+            gw[r * q.L + j] = gy[r * g.OW + j]
+        for j in range(g.OW, q.L):
+            gw[r * q.L + j] = 0
 
 
 cdef floating* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread, floating dummy) except NULL:
@@ -269,25 +259,26 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
         with nogil, parallel(num_threads=n_threads):
             xp = scratch + threadid() * per_thread
             yw = xp + g.Cg * q.plane
+            memset(xp, 0, g.Cg * q.plane * sizeof(floating))     # the padding, once
             for it in prange(N * g.G, schedule="static"):
                 n = it // g.G
                 gi = it % g.G
                 for c in range(g.Cg):
-                    pad_plane(&x[n, 0] + (gi * g.Cg + c) * g.img_plane, xp + c * q.plane,
-                              &g, &q)
+                    fill_plane(&x[n, 0] + (gi * g.Cg + c) * g.img_plane, xp + c * q.plane,
+                               &g, &q)
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                    memset(yw, 0, span * sizeof(floating))
-                    for c in range(g.Cg):
+                    for c in range(g.Cg):            # the first channel overwrites yw
                         if unit:
                             taps_acc(yw, xp + c * q.plane, &w[k, 0] + c * g.KK, off, g.KK,
-                                     span, 1)
+                                     span, 1, c > 0)
                         else:
                             for od in range(g.OD):
                                 for oh in range(g.OH):
                                     taps_acc(yw + (od * g.OH + oh) * g.OW,
                                              xp + c * q.plane
                                              + (od * g.SD * q.Hp + oh * g.SH) * q.Wp,
-                                             &w[k, 0] + c * g.KK, off, g.KK, g.OW, g.SW)
+                                             &w[k, 0] + c * g.KK, off, g.KK, g.OW, g.SW,
+                                             c > 0)
                     bv = b[k] if has_bias else 0
                     yk = &y[n, 0] + k * g.P
                     if unit:
@@ -350,7 +341,7 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
                                        gyk + (od * g.OH + oh) * g.OW, g.OW * sizeof(floating))
                         for c in range(g.Cg):
                             taps_acc(xp + c * q.plane, gw + margin, wk + c * g.KK, noff,
-                                     g.KK, area, 1)
+                                     g.KK, area, 1, True)
                     else:
                         stage_wide(gyk, gw, &g, &q)
                         for c in range(g.Cg):
@@ -379,8 +370,11 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t per_thread = q.plane + q.wide
+    cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
+    cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
+    cdef const Py_ssize_t* off = &offs[0]
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw, tap
+    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw, tap, od
     cdef floating* xp = NULL
     cdef floating* gyw
     cdef floating* out
@@ -389,16 +383,22 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
         with nogil, parallel(num_threads=n_threads):
             xp = scratch + threadid() * per_thread
             gyw = xp + q.plane
+            memset(xp, 0, q.plane * sizeof(floating))     # the padding, once
             for it in prange(g.C_img, schedule="static"):
                 gi = it // g.Cg
                 c = it % g.Cg
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                     memset(gwp + k * g.CKK + c * g.KK, 0, g.KK * sizeof(floating))
                 for n in range(N):
-                    pad_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
+                    fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
                     for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                         stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
                         out = gwp + k * g.CKK + c * g.KK
+                        if unit:         # every tap at once over each wide output plane
+                            for od in range(g.OD):
+                                taps_dot(out, gyw + od * g.OH * q.L, xp + od * q.Hp * q.Wp,
+                                         off, g.KK, g.OH * q.Wp)
+                            continue
                         for kd in range(g.KD):
                             for kh in range(g.KH):
                                 for kw in range(g.KW):
