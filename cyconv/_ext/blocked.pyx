@@ -192,6 +192,32 @@ cdef inline void _micro(floating* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j,
                        bias)
 
 
+cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t oh0, Py_ssize_t oh1,
+                 Py_ssize_t rbase, const floating* xsl, Py_ssize_t xs, Py_ssize_t splane,
+                 const floating* wa, const floating* bias, const Py_ssize_t* toff,
+                 const Geom* g, const Blk* q) noexcept nogil:
+    """Output rows [oh0, oh1) of one plane for nk (<= 2L) output channels from ypl on:
+    micro-kernel calls along the wide grid, or row by row.  xsl is the packed slab whose
+    first row is padded input row rbase."""
+    cdef Py_ssize_t L = q.L, j, jend, oh
+    if q.wide:
+        # pixels j of the plane on rows Wp long; input pixel j at slab row j // Wp - rbase
+        jend = (oh1 - 1) * q.Wp + g.OW
+        j = oh0 * q.Wp
+        while j < jend:
+            _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L, xs,
+                   splane, wa, q.wblk, toff, g, q, bias)
+            j = j + CY_UR
+    else:
+        for oh in range(oh0, oh1):
+            j = 0
+            while j < g.OW:
+                _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
+                       xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
+                       splane, wa, q.wblk, toff, g, q, bias)
+                j = j + CY_UR
+
+
 cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssize_t ystride,
                      const floating* b, const floating* wb, floating* xb,
                      const Py_ssize_t* toff, Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t o0,
@@ -204,49 +230,29 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
     Samples n0 .. n0+nc; outer output indices o0 ..: PC planes (depth chunk) of all rows,
     or rows R0 .. R0+NR of the single plane (height chunk).  b is NULL without bias.
     """
-    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh, oh0, oh1, k0, nk, j, jend, rbase
+    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh0, k0
     cdef const floating* xsl
-    cdef const floating* wa
-    cdef const floating* bias
-    cdef floating* ypl
-    for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="static"):
+    for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="dynamic"):
         nn = it // (g.G * q.CB)
         gi = (it // q.CB) % g.G
         c = (it % q.CB) * L
         pack_slab(x + (n0 + nn) * xstride + (gi * g.Cg + c) * g.img_plane, xb + it * splane,
                   _min(L, g.Cg - c), o0, rows, splane, g, q)
-    for it in prange(nc * g.G * q.KP * PC * NRB, num_threads=n_threads, schedule="static"):
-        kp = it % q.KP
-        oh0 = R0 + (it // q.KP % NRB) * RB
-        oh1 = _min(R0 + NR, oh0 + RB)
-        pi = (it // (q.KP * NRB)) % PC
-        gi = (it // (q.KP * NRB * PC)) % g.G
-        nn = it // (q.KP * NRB * PC * g.G)
+    for it in prange(nc * g.G * PC * NRB, num_threads=n_threads, schedule="dynamic"):
+        oh0 = R0 + (it % NRB) * RB
+        pi = (it // NRB) % PC
+        gi = (it // (NRB * PC)) % g.G
+        nn = it // (NRB * PC * g.G)
         od = o0 + pi if q.outer_d else 0
-        k0 = 2 * kp * L
-        nk = _min(2 * L, g.Kg - k0)
         # the slab's first row: plane pi of a depth chunk, or row R0 of a height chunk
         xsl = xb + (nn * g.G + gi) * simg + pi * g.SD * q.inner * L
-        rbase = R0 * g.SH
-        ypl = y + (n0 + nn) * ystride + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW
-        wa = wb + (gi * q.KB + 2 * kp) * q.wblk
-        bias = b + gi * g.Kg + k0 if b != NULL else NULL
-        if q.wide:
-            # pixels j of the plane on rows Wp long; input pixel j at slab row j // Wp - R0
-            jend = (oh1 - 1) * q.Wp + g.OW
-            j = oh0 * q.Wp
-            while j < jend:
-                _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L, xs,
-                       splane, wa, q.wblk, toff, g, q, bias)
-                j = j + CY_UR
-        else:
-            for oh in range(oh0, oh1):
-                j = 0
-                while j < g.OW:
-                    _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
-                           xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
-                           splane, wa, q.wblk, toff, g, q, bias)
-                    j = j + CY_UR
+        # every output-block pair in turn, while the item's input rows are in cache
+        for kp in range(q.KP):
+            k0 = 2 * kp * L
+            _sweep(y + (n0 + nn) * ystride + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW,
+                   _min(2 * L, g.Kg - k0), oh0, _min(R0 + NR, oh0 + RB), R0 * g.SH, xsl,
+                   xs, splane, wb + (gi * q.KB + 2 * kp) * q.wblk,
+                   b + gi * g.Kg + k0 if b != NULL else NULL, toff, g, q)
 
 
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
@@ -303,12 +309,13 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
             nc = _min(NC, N - n0)
             for o0 in range(0, OO, OC):
                 oc = _min(OC, OO - o0)
-                # a work item: RB output rows of one plane of one (sample, group, output
-                # block pair), enough items for every thread to get several
+                # a work item: RB output rows of one plane of one (sample, group), for
+                # every output block; enough items for dynamic scheduling to even out
+                # the threads (the machine is shared: a thread may be slowed at any time)
                 PC = oc if q.outer_d else 1                # planes in this chunk
                 R0 = 0 if q.outer_d else o0                # its output rows [R0, R0 + NR)
                 NR = g.OH if q.outer_d else oc
-                RB = _max(1, _min(NR, nc * g.G * q.KP * PC * NR // (8 * n_threads)))
+                RB = _max(1, _min(NR, nc * g.G * PC * NR // (16 * n_threads)))
                 NRB = (NR + RB - 1) // RB
                 with nogil:
                     _run_chunk(&x[0, 0], x.shape[1], &y[0, 0], y.shape[1],
