@@ -14,9 +14,10 @@ oneDNN's ``jit:avx2`` convolution and Georganas et al. (arXiv:1808.05567):
 * the micro-kernel in ``_blocked.h`` keeps 6 output pixels x 2 output-channel blocks in
   registers and streams every input-channel block and kernel tap through them, so each
   loaded weight vector feeds 6 FMAs and each broadcast input value 2;
-* a work item is a run of output rows of one plane of one (sample, group, pair of
-  output-channel blocks), sized so that every thread gets several; items are split
-  statically across the threads.  With unit stride in H and W a run of rows is one
+* a work item is a run of output rows of one plane of one (sample, group), swept once
+  per pair of output-channel blocks while its input rows stay in cache; items are sized
+  so that every thread gets many, and handed out dynamically (on a shared machine a
+  thread can be slowed at any moment).  With unit stride in H and W a run of rows is one
   "wide" sweep over rows Wp long (see ``_blocked.h``), so a narrow output row does not
   waste a partial micro-kernel call at its end.
 

@@ -7,7 +7,8 @@ C-contiguous and every shape already checked (``cyconv._params``).
 Notes
 -----
 Each work item copies the image planes it reads into a zero-padded per-thread buffer
-``xp`` of extent (Dp, Hp, Wp), so no tap ever needs a bounds test.  Outputs are then
+``xp`` of extent (Dp, Hp, Wp), so no tap ever needs a bounds test.  Only the interior
+is ever written: the padding is zeroed once per thread and stays zero for every item.  Outputs are then
 computed on a *wide* grid whose rows are Wp long (when the width stride is 1): output
 row (od, oh) of width OW sits inside a row of width Wp, and for one kernel tap
 (kd, kh, kw) the whole plane update
@@ -20,14 +21,16 @@ dropped when the wide plane is cropped into y.  With a width stride > 1 the same
 row by row over the OW real columns.
 
 * forward: an item is one (sample, group); it pads the group's Cg input planes once and
-  produces its Kg output planes one by one.
-* input gradient: an item is one (sample, group); the output gradient of each of the Kg
-  channels is staged on the wide grid (zeros beyond OW) and scattered tap by tap into
-  the padded gradient planes, which are cropped into gx at the end.  Each thread owns
+  produces its Kg output planes one by one (the first input channel's sweep overwrites
+  the wide plane, the others add to it).
+* input gradient (``_cpu.py`` runs the unit-stride ones as forward convolutions of the
+  output gradient instead): an item is one (sample, group); the output gradient of each
+  of the Kg channels is staged on the wide grid (zeros beyond OW) and scattered tap by
+  tap into the padded gradient planes, which are cropped into gx at the end.  Each thread owns
   its planes: no atomics, no races.
 * weight gradient: an item is one (group, input channel); for every sample it pads that
   channel's plane, and each weight is a dot product over the wide grid, summed over the
-  samples in order.  Every weight is computed by one thread in a fixed order, so the
+  samples in order.  With unit strides one ``taps_dot`` pass takes every tap at once.  Every weight is computed by one thread in a fixed order, so the
   result is bit-identical for any thread count.
 
 Padding taps read real zeros (0 * w), exactly like the im2col path, so NaN and Inf
