@@ -670,7 +670,18 @@ def _run_case(s, direction, dtype, algs, torch, rng, threads, repeats, min_time,
                 row["ratio_range"][name] = [min(each), max(each)]
     if "numpy" in times and "cyconv" in times:
         row["speedup_vs_numpy"] = median_ratio(times["numpy"], times["cyconv"])
+    row["auto_vs_best"] = _auto_vs_best(row["ratio_vs_torch"])
     return row
+
+
+def _auto_vs_best(ratios):
+    """'auto' against the faster forced algorithm, each as its ratio to PyTorch (the
+    per-round normalisation cancels most of a shared machine's drift); None unless the
+    forced algorithms were timed."""
+    forced = [v for k, v in ratios.items() if k.startswith("cyconv:")]
+    if "cyconv" not in ratios or not forced:
+        return None
+    return ratios["cyconv"] / min(forced)
 
 
 def _progress(row):
@@ -718,11 +729,17 @@ def summarize(rows) -> dict:
     if dense:
         numpy_dense = {"geomean_speedup": _geomean(v for v, _ in dense), "n": len(dense),
                        "min_speedup": min(dense)[0], "min_shape": min(dense)[1]}
+    ab = [(r["auto_vs_best"], f"{r['shape']} {r['direction']}") for r in rows
+          if r.get("auto_vs_best")]
+    auto_vs_best = None
+    if ab:
+        auto_vs_best = {"n": len(ab), "within_10pct": sum(v <= 1.10 for v, _ in ab),
+                        "worst": max(ab)[0], "worst_case": max(ab)[1]}
     problems = [f"{r['shape']} {r['direction']} {k}: {v}" for r in rows
                 for k, v in r["check"].items() if v != "ok"]
     mismatches = [p for p in problems if "MISMATCH" in p]
     return {"per_direction": per_direction, "numpy_dense_forward": numpy_dense,
-            "problems": problems, "mismatches": mismatches}
+            "auto_vs_best": auto_vs_best, "problems": problems, "mismatches": mismatches}
 
 
 def _fmt_ms(v):
@@ -743,6 +760,8 @@ def table(result) -> str:
             "% peak"]
     for a in algs:
         head += [f"{a} ms", f"{a}/torch"]
+    if algs:
+        head += ["auto/best"]
     head += ["numpy ms", "x numpy", "check"]
     body = []
     for r in result["rows"]:
@@ -753,6 +772,8 @@ def table(result) -> str:
                      ".0f", "%")]
         for a in algs:
             line += [_fmt_ms(ms.get(f"cyconv:{a}")), _fmt(rt.get(f"cyconv:{a}"))]
+        if algs:
+            line += [_fmt(r.get("auto_vs_best"))]
         bad = [f"{k}: {v}" for k, v in r["check"].items() if v != "ok"]
         line += [_fmt_ms(ms.get("numpy")), _fmt(r["speedup_vs_numpy"], ".1f", "x"),
                  "ok" if not bad else "; ".join(bad)]
@@ -784,6 +805,11 @@ def summary_text(result) -> str:
             lines.append(f"{d:<15} {name:<14} geomean cyconv/torch {v['geomean_ratio']:.2f} "
                          f"over {v['n']} shape(s); worst {v['worst_ratio']:.2f} "
                          f"({v['worst_shape']})")
+    ab = s.get("auto_vs_best")
+    if ab:
+        lines.append(f"'auto' against the faster forced algorithm: {ab['within_10pct']} of "
+                     f"{ab['n']} case(s) within 10%; worst {ab['worst']:.2f} "
+                     f"({ab['worst_case']})")
     nd = s["numpy_dense_forward"]
     if nd:
         lines.append(f"speed-up over NumPy im2col+matmul, dense forward: geomean "

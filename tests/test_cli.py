@@ -250,6 +250,12 @@ def test_bench_smoke_against_torch(tmp_path, capsys):
         assert set(row["ratio_vs_torch"]) == {"cyconv", "cyconv:im2col", "cyconv:direct"}
         assert all(len(v) == 2 for v in row["samples_ms"].values())
         assert row["gflops"] > 0
+        rt = row["ratio_vs_torch"]
+        assert row["auto_vs_best"] == pytest.approx(
+            rt["cyconv"] / min(rt["cyconv:im2col"], rt["cyconv:direct"]))
+    assert "'auto' against the faster forced algorithm:" in captured.out
+    assert "| auto/best |" in captured.out
+    assert result["summary"]["auto_vs_best"]["n"] == 6
     assert rows["digits_k3", "forward"]["speedup_vs_numpy"] > 0
     assert rows["tiny_convT", "transposed"]["speedup_vs_numpy"] is None
     assert result["torch"]["num_threads"] == result["settings"]["threads"]
