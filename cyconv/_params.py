@@ -173,8 +173,12 @@ class ConvParams:
         """The conv view padded to 3 spatial dims, as the kernels read it.
 
         (G, C_img, C_col, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
-        DD, DH, DW) where P* is the *before* padding.
+        DD, DH, DW) where P* is the *before* padding.  Computed once per instance (the
+        dispatch asks for it several times per call).
         """
+        cached = self.__dict__.get("_geometry")
+        if cached is not None:
+            return cached
         lead = 3 - self.nd
         img = (1,) * lead + self.img_size
         col = (1,) * lead + self.col_size
@@ -182,7 +186,9 @@ class ConvParams:
         s = (1,) * lead + self.stride
         p = (0,) * lead + tuple(pb for pb, _ in self.padding)
         d = (1,) * lead + self.dilation
-        return (self.G, self.img_channels, self.col_channels) + img + col + k + s + p + d
+        geom = (self.G, self.img_channels, self.col_channels) + img + col + k + s + p + d
+        object.__setattr__(self, "_geometry", geom)      # frozen: not a field, no eq/hash
+        return geom
 
 
 def _rank_error(op, nd, what, shape):

@@ -8,10 +8,10 @@ Notes
 -----
 Each work item copies the image planes it reads into a zero-padded per-thread buffer
 ``xp`` of extent (Dp, Hp, Wp), so no tap ever needs a bounds test.  Only the interior
-is ever written: the padding is zeroed once per thread and stays zero for every item.  Outputs are then
-computed on a *wide* grid whose rows are Wp long (when the width stride is 1): output
-row (od, oh) of width OW sits inside a row of width Wp, and for one kernel tap
-(kd, kh, kw) the whole plane update
+is ever written: the padding is zeroed once per thread and stays zero for every item.
+Outputs are then computed on a *wide* grid whose rows are Wp long (when the width
+stride is 1): output row (od, oh) of width OW sits inside a row of width Wp, and for
+one kernel tap (kd, kh, kw) the whole plane update
 
     yw[od, oh, j] += w[k, c, kd, kh, kw] * xp[c, od*SD + kd*DD, oh*SH + kh*DH, j + kw*DW]
 
