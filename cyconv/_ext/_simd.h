@@ -11,6 +11,17 @@
  * Four vectors of outputs stay in registers across all taps, so y is loaded and stored
  * once per call; each tap costs one broadcast and four multiply-adds per 4 vectors.
  *
+ * taps_rows: y[r * ys + j] = (acc ? y[r * ys + j] : b) + sum_t wt[t] * src[r * ss + off[t] + j]
+ *            for rows r in [0, R), columns j in [0, n), n >= one vector
+ *
+ * The forward kernel that writes output rows in place (no wide staging plane).  A
+ * register block is up to 3 rows x 4 vectors (or 1 row x 8 vectors): 12 or 8
+ * independent FMA chains, enough to hide the FMA latency that four chains could not.
+ * A row's last vector starts at n - L, overlapping its neighbour: both compute the same
+ * values from the same inputs in the same order, so there is no scalar tail, and the
+ * overlapping pair always sits in one block (so, when accumulating, neither reads a
+ * value the other has already updated).
+ *
  * taps_dot:  out[t] += sum_i g[i] * src[off[t] + i]          for every tap t, i in [0, m)
  *
  * The weight gradient of one plane: taps go four at a time, each with two vector partial
@@ -22,6 +33,15 @@
 #define CYCONV_SIMD_H
 #include <stddef.h>
 #include <Python.h>
+
+/* Hint that p will be read (written) soon (a no-op where the compiler has no builtin). */
+#if defined(__GNUC__) || defined(__clang__)
+#define cy_prefetch(p) __builtin_prefetch((const void *)(p), 0, 3)
+#define cy_prefetchw(p) __builtin_prefetch((const void *)(p), 1, 3)
+#else
+#define cy_prefetch(p) ((void)(p))
+#define cy_prefetchw(p) ((void)(p))
+#endif
 
 typedef float cy_v8f __attribute__((vector_size(32), aligned(4), may_alias));
 typedef double cy_v4d __attribute__((vector_size(32), aligned(8), may_alias));
@@ -70,6 +90,86 @@ static void NAME(T *y, const T *src, const T *wt, const Py_ssize_t *off,        
 
 CY_DEFINE_TAPS_ACC(cy_taps_acc_f, float, cy_v8f, 8)
 CY_DEFINE_TAPS_ACC(cy_taps_acc_d, double, cy_v4d, 4)
+
+/* One register block of taps_rows: R rows x U vectors, at columns c0 + u * L for
+ * u < U - 1 and c0 + dl for the last one (dl <= (U - 1) * L: the clamped tail vector).
+ * Inlined with constant R and U, so the accumulators live in registers and every load
+ * is a row pointer plus a constant (or the one index dl). */
+#define CY_DEFINE_TAPS_ROWS(NAME, T, V, L)                                             \
+static inline __attribute__((always_inline)) void NAME##_blk(                          \
+    T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt,                    \
+    const Py_ssize_t *off, Py_ssize_t KK, Py_ssize_t c0, Py_ssize_t dl, int acc, T b, \
+    const int R, const int U)                                                         \
+{                                                                                     \
+    V a[3][8];                                                                        \
+    int r, u;                                                                         \
+    Py_ssize_t t;                                                                     \
+    for (r = 0; r < R; r++)                                                           \
+        for (u = 0; u < U; u++) {                                                     \
+            const T *yp = y + r * ys + c0 + (u == U - 1 ? dl : u * L);                \
+            if (acc)                                                                  \
+                a[r][u] = *(const V *)yp;                                             \
+            else                                                                      \
+                a[r][u] = (V){0} + b;                                                 \
+        }                                                                             \
+    for (t = 0; t < KK; t++) {                                                        \
+        const T *s = src + off[t] + c0;                                               \
+        const T wv = wt[t];                                                           \
+        V w = (V){0} + wv;                                                            \
+        for (r = 0; r < R; r++) {                                                     \
+            const T *sr = s + r * ss;                                                 \
+            for (u = 0; u < U - 1; u++)                                               \
+                a[r][u] += w * *(const V *)(sr + u * L);                              \
+            a[r][U - 1] += w * *(const V *)(sr + dl);                                 \
+        }                                                                             \
+    }                                                                                 \
+    for (r = 0; r < R; r++)                                                           \
+        for (u = 0; u < U; u++)                                                       \
+            *(V *)(y + r * ys + c0 + (u == U - 1 ? dl : u * L)) = a[r][u];            \
+}                                                                                     \
+                                                                                      \
+static void NAME(T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt,       \
+                 const Py_ssize_t *off, Py_ssize_t KK, Py_ssize_t n, Py_ssize_t rows,  \
+                 int acc, T b)                                                        \
+{                                                                                     \
+    const Py_ssize_t nv = (n + L - 1) / L;                                            \
+    Py_ssize_t r0 = 0, i, R, U, umax, c0, dl;                                         \
+    while (r0 < rows) {                                                               \
+        R = rows - r0 >= 3 ? 3 : rows - r0;                                           \
+        umax = R == 1 ? 8 : 4;                                                        \
+        for (i = 0; i < nv; i += U) {                                                 \
+            U = nv - i < umax ? nv - i : umax;                                        \
+            if (nv - i - U == 1)            /* keep the last two vectors together */  \
+                U -= 1;                                                               \
+            c0 = i * L;                                                               \
+            dl = (i + U - 1) * L < n - L ? (U - 1) * L : n - L - c0;                  \
+            T *yr = y + r0 * ys;                                                      \
+            const T *sr = src + r0 * ss;                                              \
+            switch (R * 16 + U) {                                                     \
+            case 0x31: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 1); break; \
+            case 0x32: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 2); break; \
+            case 0x33: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 3); break; \
+            case 0x34: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 4); break; \
+            case 0x21: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 1); break; \
+            case 0x22: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 2); break; \
+            case 0x23: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 3); break; \
+            case 0x24: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 4); break; \
+            case 0x11: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 1); break; \
+            case 0x12: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 2); break; \
+            case 0x13: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 3); break; \
+            case 0x14: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 4); break; \
+            case 0x15: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 5); break; \
+            case 0x16: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 6); break; \
+            case 0x17: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 7); break; \
+            default:   NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 8); break; \
+            }                                                                         \
+        }                                                                             \
+        r0 += R;                                                                      \
+    }                                                                                 \
+}
+
+CY_DEFINE_TAPS_ROWS(cy_taps_rows_f, float, cy_v8f, 8)
+CY_DEFINE_TAPS_ROWS(cy_taps_rows_d, double, cy_v4d, 4)
 
 /* Horizontal sum of a vector, lanes added pairwise in a fixed order. */
 #define CY_HSUM(T, L, v) ({                                                           \

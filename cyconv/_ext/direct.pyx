@@ -46,6 +46,11 @@ from cyconv._ext._types cimport floating
 from cyconv._ext._geom cimport Geom, make_geom
 
 
+cdef enum:
+    PREFETCH = 2048           # bytes: how far ahead of the rows it stages fill_rows prefetches
+    PREFETCH_MAX = 16384      # bytes: the most the weight gradient prefetches per sample (half of L1d)
+
+
 cdef struct Pad:
     Py_ssize_t Dp, Hp, Wp     # padded plane extent
     Py_ssize_t plane          # Dp * Hp * Wp + slack for the wide rows' overhang
@@ -85,6 +90,38 @@ cdef void fill_plane(const floating* x, floating* xp, const Geom* g, const Pad* 
                 dst[i] = src[i]
 
 
+cdef void fill_rows(const floating* x, floating* xp, Py_ssize_t h0, Py_ssize_t h1,
+                    const Geom* g, const Pad* q) noexcept nogil:
+    """fill_plane for the rows [h0, h1) of a one-deep plane (D == 1).
+
+    Also asks for the input PREFETCH bytes ahead (the rest of this plane, then the next
+    one's: consecutive work items read consecutive planes), so the next rows arrive while
+    these are being convolved."""
+    cdef Py_ssize_t h, i
+    cdef floating* dst
+    cdef const floating* src
+    for h in range(h0, h1):
+        dst = xp + (g.PD * q.Hp + h + g.PH) * q.Wp + g.PW
+        src = x + h * g.W
+        prefetch_span(<const char*> src + PREFETCH, g.W * <Py_ssize_t> sizeof(floating))
+        for i in range(g.W):
+            dst[i] = src[i]
+
+
+cdef inline void prefetch_span(const void* p, Py_ssize_t nbytes) noexcept nogil:
+    """Prefetch every cache line of [p, p + nbytes) for reading: one request per 64 bytes."""
+    cdef Py_ssize_t i
+    for i in range(0, nbytes, 64):
+        cy_prefetch(<const char*> p + i)
+
+
+cdef inline void prefetchw_span(void* p, Py_ssize_t nbytes) noexcept nogil:
+    """Prefetch every cache line of [p, p + nbytes) for writing."""
+    cdef Py_ssize_t i
+    for i in range(0, nbytes, 64):
+        cy_prefetchw(<char*> p + i)
+
+
 cdef void crop_plane(const floating* xp, floating* x, floating bias, const Geom* g,
                      const Pad* q) noexcept nogil:
     """x[d, h, w] = xp[PD + d, PH + h, PW + w] + bias (the adjoint of fill_plane)."""
@@ -106,10 +143,18 @@ cdef inline void axpy(floating* y, const floating* x, floating a, Py_ssize_t n) 
 
 
 cdef extern from "_simd.h" nogil:
+    void cy_prefetch(const void* p)
+    void cy_prefetchw(const void* p)
     void cy_taps_acc_f(float* y, const float* src, const float* wt, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw, int acc)
     void cy_taps_acc_d(double* y, const double* src, const double* wt, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t n, Py_ssize_t sw, int acc)
+    void cy_taps_rows_f(float* y, Py_ssize_t ys, const float* src, Py_ssize_t ss,
+                        const float* wt, const Py_ssize_t* off, Py_ssize_t KK, Py_ssize_t n,
+                        Py_ssize_t rows, int acc, float b)
+    void cy_taps_rows_d(double* y, Py_ssize_t ys, const double* src, Py_ssize_t ss,
+                        const double* wt, const Py_ssize_t* off, Py_ssize_t KK, Py_ssize_t n,
+                        Py_ssize_t rows, int acc, double b)
     void cy_taps_dot_f(float* out, const float* g, const float* src, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t m)
     void cy_taps_dot_d(double* out, const double* g, const double* src, const Py_ssize_t* off,
@@ -125,6 +170,17 @@ cdef inline void taps_acc(floating* y, const floating* src, const floating* wt,
         cy_taps_acc_f(y, src, wt, off, KK, n, sw, acc)
     else:
         cy_taps_acc_d(y, src, wt, off, KK, n, sw, acc)
+
+
+cdef inline void taps_rows(floating* y, Py_ssize_t ys, const floating* src, Py_ssize_t ss,
+                           const floating* wt, const Py_ssize_t* off, Py_ssize_t KK,
+                           Py_ssize_t n, Py_ssize_t rows, bint acc, floating b) noexcept nogil:
+    """y[r*ys + j] = (y[r*ys + j] if acc else b) + sum_t wt[t] * src[r*ss + off[t] + j] for
+    r in [0, rows), j in [0, n), n >= one vector (see _simd.h)."""
+    if floating is float:
+        cy_taps_rows_f(y, ys, src, ss, wt, off, KK, n, rows, acc, b)
+    else:
+        cy_taps_rows_d(y, ys, src, ss, wt, off, KK, n, rows, acc, b)
 
 
 cdef inline void taps_dot(floating* out, const floating* gw, const floating* src,
@@ -239,24 +295,35 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     """y[n] = conv(x[n], w) + b, one (sample, group) per work item.
 
     x (N, C_img * D*H*W), w (C_col, CKK), b (C_col,) or empty, y (N, C_col * P).
-    With unit strides the output is computed on the padded plane's own grid (row length
-    Wp, plane Hp*Wp) in one ``taps_acc`` sweep per input channel; otherwise row by row.
+    Three sweeps, by the width stride and the output width:
+
+    * rows (width stride 1, OW at least one vector): ``taps_rows`` writes output rows in
+      place, register-blocked.  A depthwise 1-D/2-D plane is staged a few input rows
+      ahead of the rows being computed, so reading x overlaps the arithmetic.
+    * wide (unit strides, OW narrower than a vector): one ``taps_acc`` sweep per input
+      channel over the padded grid (rows Wp long), cropped into y.
+    * strided (width stride > 1): ``taps_acc`` row by row with a strided source.
     """
     cdef Geom g = make_geom(geom)
     cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef bint has_bias = b.shape[0] > 0
+    cdef bint rows = g.SW == 1 and g.OW * <Py_ssize_t> sizeof(floating) >= 32
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
+    cdef bint stream = rows and g.Cg == 1 and g.D == 1 and g.OD == 1
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
-    # unit strides: yw[(od*Hp + oh)*Wp + ow]; else yw[(od*OH + oh)*OW + ow]
-    cdef Py_ssize_t span = ((g.OD - 1) * q.Hp + g.OH) * q.Wp if unit else g.P
+    # wide: yw[(od*Hp + oh)*Wp + ow]; strided: yw[(od*OH + oh)*OW + ow]; rows: no yw
+    cdef Py_ssize_t span = 0 if rows else (((g.OD - 1) * q.Hp + g.OH) * q.Wp if unit else g.P)
     cdef Py_ssize_t per_thread = g.Cg * q.plane + span
+    cdef Py_ssize_t row_step = g.SH * q.Wp, depth_step = g.SD * q.Hp * q.Wp
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, c, k, od, oh, ow
+    cdef Py_ssize_t it, n, gi, c, k, od, oh, ow, r, filled, need, i
     cdef floating* xp = NULL
     cdef floating* yw
     cdef floating* yk
+    cdef const floating* wk
+    cdef const floating* xn
     cdef floating bv
     try:
         with nogil, parallel(num_threads=n_threads):
@@ -266,33 +333,58 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
             for it in prange(N * g.G, schedule="static"):
                 n = it // g.G
                 gi = it % g.G
-                for c in range(g.Cg):
-                    fill_plane(&x[n, 0] + (gi * g.Cg + c) * g.img_plane, xp + c * q.plane,
-                               &g, &q)
+                xn = &x[n, 0] + gi * g.Cg * g.img_plane
+                filled = 0                       # input rows staged so far (stream)
+                if not stream:
+                    for c in range(g.Cg):
+                        fill_plane(xn + c * g.img_plane, xp + c * q.plane, &g, &q)
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                    for c in range(g.Cg):            # the first channel overwrites yw
-                        if unit:
-                            taps_acc(yw, xp + c * q.plane, &w[k, 0] + c * g.KK, off, g.KK,
-                                     span, 1, c > 0)
-                        else:
-                            for od in range(g.OD):
-                                for oh in range(g.OH):
-                                    taps_acc(yw + (od * g.OH + oh) * g.OW,
-                                             xp + c * q.plane
-                                             + (od * g.SD * q.Hp + oh * g.SH) * q.Wp,
-                                             &w[k, 0] + c * g.KK, off, g.KK, g.OW, g.SW,
-                                             c > 0)
+                    wk = &w[k, 0]
                     bv = b[k] if has_bias else 0
                     yk = &y[n, 0] + k * g.P
-                    if unit:
-                        for od in range(g.OD):
-                            for oh in range(g.OH):
-                                for ow in range(g.OW):
-                                    yk[(od * g.OH + oh) * g.OW + ow] = (
-                                        yw[(od * q.Hp + oh) * q.Wp + ow] + bv)
+                    if stream:                   # one channel, one output depth
+                        oh = 0
+                        while oh < g.OH:
+                            r = g.OH - oh if g.OH - oh < 3 else 3
+                            need = (oh + r - 1) * g.SH + (g.KH - 1) * g.DH - g.PH + 1
+                            if need > g.H:
+                                need = g.H
+                            if need > filled:
+                                fill_rows(xn, xp, filled, need, &g, &q)
+                                filled = need
+                            prefetchw_span(<char*> (yk + oh * g.OW) + PREFETCH,
+                                           r * g.OW * <Py_ssize_t> sizeof(floating))
+                            taps_rows(yk + oh * g.OW, g.OW, xp + oh * row_step, row_step,
+                                      wk, off, g.KK, g.OW, r, False, bv)
+                            oh = oh + r
+                    elif rows:                   # the first channel starts from the bias
+                        prefetchw_span(yk + g.P, g.P * <Py_ssize_t> sizeof(floating))  # next plane
+                        for c in range(g.Cg):
+                            for od in range(g.OD):
+                                taps_rows(yk + od * g.OH * g.OW, g.OW,
+                                          xp + c * q.plane + od * depth_step, row_step,
+                                          wk + c * g.KK, off, g.KK, g.OW, g.OH, c > 0, bv)
                     else:
-                        for ow in range(g.P):
-                            yk[ow] = yw[ow] + bv
+                        for c in range(g.Cg):            # the first channel overwrites yw
+                            if unit:
+                                taps_acc(yw, xp + c * q.plane, wk + c * g.KK, off, g.KK,
+                                         span, 1, c > 0)
+                            else:
+                                for od in range(g.OD):
+                                    for oh in range(g.OH):
+                                        taps_acc(yw + (od * g.OH + oh) * g.OW,
+                                                 xp + c * q.plane + od * depth_step
+                                                 + oh * row_step,
+                                                 wk + c * g.KK, off, g.KK, g.OW, g.SW, c > 0)
+                        if unit:
+                            for od in range(g.OD):
+                                for oh in range(g.OH):
+                                    for ow in range(g.OW):
+                                        yk[(od * g.OH + oh) * g.OW + ow] = (
+                                            yw[(od * q.Hp + oh) * q.Wp + ow] + bv)
+                        else:
+                            for ow in range(g.P):
+                                yk[ow] = yw[ow] + bv
     finally:
         free(scratch)
 
@@ -373,6 +465,7 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t per_thread = q.plane + q.wide
+    cdef bint prefetch = (g.img_plane + g.Kg * g.P) * <Py_ssize_t> sizeof(floating) <= PREFETCH_MAX
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
@@ -393,6 +486,11 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                     memset(gwp + k * g.CKK + c * g.KK, 0, g.KK * sizeof(floating))
                 for n in range(N):
+                    if n + 1 < N and prefetch:   # the next sample's planes, while this one runs
+                        prefetch_span(&x[n + 1, 0] + it * g.img_plane,
+                                      g.img_plane * sizeof(floating))
+                        prefetch_span(&gy[n + 1, 0] + gi * g.Kg * g.P,
+                                      g.Kg * g.P * sizeof(floating))
                     fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
                     for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                         stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
