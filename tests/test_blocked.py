@@ -44,6 +44,13 @@ BLOCKED_CASES = [
     ConvCase(1, 2, 8, 16, 1, (64,), (3,), padding="same"),
     ConvCase(3, 1, 8, 8, 1, (3, 4, 22), (3, 3, 3), padding=1),
     ConvCase(2, 1, 16, 8, 1, (9, 34), (3, 3), padding=1, dilation=(2, 1)),
+    # dilation and padding large against the image: border calls list only the taps that
+    # reach real input (none at all where the padding is wider than the kernel's reach)
+    ConvCase(2, 2, 16, 16, 1, (11, 13), (3, 3), padding=6, dilation=6, bias=True),
+    ConvCase(2, 2, 8, 16, 1, (7, 30), (3, 3), padding=((4, 2), (1, 3)), dilation=(3, 1)),
+    ConvCase(3, 1, 8, 8, 1, (5, 6, 7), (3, 3, 3), padding=3, dilation=(3, 2, 4), bias=True),
+    ConvCase(1, 2, 16, 8, 1, (20,), (5,), padding=30, dilation=6, bias=True),
+    ConvCase(2, 1, 8, 8, 1, (4, 40), (3, 5), padding=((9, 0), (2, 30)), dilation=(4, 7)),
 ]
 IDS = [c.id for c in BLOCKED_CASES]
 
@@ -135,7 +142,7 @@ def test_unit_stride_transposed_conv_matches_reference(spec, dtype, monkeypatch)
     assert_close(y, reference.conv_transpose(x, w, b, 1, pad, 0, G, dil), dtype)
 
 
-@pytest.mark.parametrize("case", [BLOCKED_CASES[i] for i in (0, 2, 3, 8, 12, 13, 14)],
+@pytest.mark.parametrize("case", [BLOCKED_CASES[i] for i in (0, 2, 3, 8, 12, 13, 14, 19, 21)],
                          ids=lambda c: c.id)
 def test_bit_identical_for_any_thread_count_and_workspace(case):
     """Chunking (whole samples, slabs of depth slices or rows, down to one) and the
@@ -182,6 +189,22 @@ def test_nan_and_inf_propagate(dtype):
     assert np.isnan(got).any() and np.isinf(got).any()
     finite = np.isfinite(ref)
     np.testing.assert_allclose(got[finite], ref[finite], rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("case", BLOCKED_CASES[19:], ids=IDS[19:])
+def test_leaving_out_padding_taps_changes_no_bit(case):
+    """With finite weights the kernel leaves out taps that read only padding; a NaN
+    weight makes it run every tap (0 * NaN must reach the output).  The channels that
+    the NaN does not touch come out bit-identical either way."""
+    x, w, b = case.numpy_arrays(np.float32)
+    op = getattr(cyconv, case.op)
+    skipped = op(x, w, b, **case.kwargs, algorithm="direct")
+    w_nan = w.copy()
+    w_nan[0].flat[0] = np.nan
+    full = _batched(op(x, w_nan, b, **case.kwargs, algorithm="direct"), case)
+    skipped = _batched(skipped, case)
+    assert np.isnan(full[:, 0]).all()
+    assert_identical(full[:, 1:], skipped[:, 1:], case.id)
 
 
 def test_small_channel_groups_keep_the_per_channel_kernel(monkeypatch):

@@ -8,7 +8,11 @@
  * One call computes CY_UR output pixels of one output row for one or two blocks of
  * output channels, summing over every input-channel block and every kernel tap:
  *
- *   acc[u][co] = sum_{cb, t, ci} x[cb*xcs + toff[t] + u*xs + ci] * w[cb*wcs + t*L*L + ci*L + co]
+ *   acc[u][co] = sum_{cb, t, ci} x[cb*xcs + toff[t] + u*xs + ci] * w[cb*wcs + woff[t] + ci*L + co]
+ *
+ * over the KK taps listed in toff (input offsets) and woff (weight offsets; NULL for
+ * taps 0 .. KK-1 in order, t*L*L): a caller may list only the taps that reach real
+ * input for these pixels.
  *
  * The 2 x CY_UR = 12 accumulators stay in vector registers (12 of the 16 ymm registers
  * with AVX2, leaving two for weights and one for the broadcast input), each step of the
@@ -23,8 +27,11 @@
  * input width as wrow and so runs whole planes on one "wide" grid, wasting only the
  * wrow - OW padding columns instead of a partial chunk at the end of every row.
  *
- * Every input value is multiplied by its weight, padding zeros included: NaN and Inf
- * propagate exactly as in the im2col path.
+ * Every listed tap is multiplied out, padding zeros included.  Leaving out a tap that
+ * reads only padding changes no bit of the result while the weights are finite (each
+ * product is a zero, and acc + 0 == acc; acc starts at +0 and never becomes -0): the
+ * caller lists every tap when a weight is NaN or Inf, so those propagate exactly as in
+ * the im2col path.
  */
 #ifndef CYCONV_BLOCKED_H
 #define CYCONV_BLOCKED_H
@@ -62,20 +69,21 @@
     } while (0)
 
 #define CY_DEFINE_BLOCKED(NAME, T, V, L, BC)                                             \
-static void NAME##_2(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,    \
-                     Py_ssize_t wrow, Py_ssize_t ow_n, const T *x,    \
-                     Py_ssize_t xs, Py_ssize_t xcs, const T *w0, const T *w1,           \
-                     Py_ssize_t wcs, const Py_ssize_t *toff, Py_ssize_t KK,             \
-                     Py_ssize_t CB, const T *bias)                                      \
+static inline __attribute__((always_inline)) void                                      \
+NAME##_2_(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,            \
+          Py_ssize_t wrow, Py_ssize_t ow_n, const T *x, Py_ssize_t xs, Py_ssize_t xcs,  \
+          const T *w0, const T *w1, Py_ssize_t wcs, const Py_ssize_t *toff,             \
+          const Py_ssize_t *woff, Py_ssize_t KK, Py_ssize_t CB, const T *bias)          \
 {                                                                                      \
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};                      \
     V c0 = {0}, c1 = {0}, c2 = {0}, c3 = {0}, c4 = {0}, c5 = {0};                      \
     Py_ssize_t cb, t, ci;                                                              \
     for (cb = 0; cb < CB; cb++) {                                                      \
         const T *xc = x + cb * xcs;                                                    \
-        const T *p0 = w0 + cb * wcs, *p1 = w1 + cb * wcs;                              \
-        for (t = 0; t < KK; t++, p0 += L * L, p1 += L * L) {                           \
-            const T *s = xc + toff[t];                                                 \
+        const T *w0c = w0 + cb * wcs, *w1c = w1 + cb * wcs;                            \
+        for (t = 0; t < KK; t++) {                                                     \
+            Py_ssize_t wo = woff ? woff[t] : t * L * L;                                \
+            const T *s = xc + toff[t], *p0 = w0c + wo, *p1 = w1c + wo;                 \
             for (ci = 0; ci < L; ci++) {                                               \
                 V v0 = *(const V *)(p0 + ci * L), v1 = *(const V *)(p1 + ci * L), b;   \
                 b = BC(s[ci]);          a0 += b * v0; c0 += b * v1;           \
@@ -97,19 +105,19 @@ static void NAME##_2(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_
     }                                                                                  \
 }                                                                                      \
                                                                                        \
-static void NAME##_1(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,    \
-                     Py_ssize_t wrow, Py_ssize_t ow_n, const T *x,    \
-                     Py_ssize_t xs, Py_ssize_t xcs, const T *w0, Py_ssize_t wcs,        \
-                     const Py_ssize_t *toff, Py_ssize_t KK, Py_ssize_t CB,              \
-                     const T *bias)                                                     \
+static inline __attribute__((always_inline)) void                                      \
+NAME##_1_(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,            \
+          Py_ssize_t wrow, Py_ssize_t ow_n, const T *x, Py_ssize_t xs, Py_ssize_t xcs,  \
+          const T *w0, Py_ssize_t wcs, const Py_ssize_t *toff,                          \
+          const Py_ssize_t *woff, Py_ssize_t KK, Py_ssize_t CB, const T *bias)          \
 {                                                                                      \
     V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, a4 = {0}, a5 = {0};                      \
     Py_ssize_t cb, t, ci;                                                              \
     for (cb = 0; cb < CB; cb++) {                                                      \
         const T *xc = x + cb * xcs;                                                    \
-        const T *p0 = w0 + cb * wcs;                                                   \
-        for (t = 0; t < KK; t++, p0 += L * L) {                                        \
-            const T *s = xc + toff[t];                                                 \
+        const T *w0c = w0 + cb * wcs;                                                  \
+        for (t = 0; t < KK; t++) {                                                     \
+            const T *s = xc + (toff[t]), *p0 = w0c + (woff ? woff[t] : t * L * L);     \
             for (ci = 0; ci < L; ci++) {                                               \
                 V v0 = *(const V *)(p0 + ci * L);                                      \
                 a0 += BC(s[ci]) * v0;                                         \
@@ -127,6 +135,36 @@ static void NAME##_1(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_
         *(V *)tile[0][3] = a3; *(V *)tile[0][4] = a4; *(V *)tile[0][5] = a5;           \
         CY_STORE(T, L, tile, y, ys, nk, j, jend, wrow, ow_n, bias);                    \
     }                                                                                  \
+}                                                                                      \
+                                                                                       \
+/* woff == NULL: taps 0 .. KK-1 with contiguous weights (the inner loop then steps the  \
+ * weight pointers, as without listed taps); else the listed weight offsets. */        \
+static void NAME##_2(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,    \
+                     Py_ssize_t wrow, Py_ssize_t ow_n, const T *x, Py_ssize_t xs,       \
+                     Py_ssize_t xcs, const T *w0, const T *w1, Py_ssize_t wcs,          \
+                     const Py_ssize_t *toff, const Py_ssize_t *woff, Py_ssize_t KK,     \
+                     Py_ssize_t CB, const T *bias)                                      \
+{                                                                                      \
+    if (woff)                                                                          \
+        NAME##_2_(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w0, w1, wcs, toff, woff, \
+                  KK, CB, bias);                                                       \
+    else                                                                               \
+        NAME##_2_(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w0, w1, wcs, toff, NULL, \
+                  KK, CB, bias);                                                       \
+}                                                                                      \
+                                                                                       \
+static void NAME##_1(T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,    \
+                     Py_ssize_t wrow, Py_ssize_t ow_n, const T *x, Py_ssize_t xs,       \
+                     Py_ssize_t xcs, const T *w0, Py_ssize_t wcs,                       \
+                     const Py_ssize_t *toff, const Py_ssize_t *woff, Py_ssize_t KK,     \
+                     Py_ssize_t CB, const T *bias)                                      \
+{                                                                                      \
+    if (woff)                                                                          \
+        NAME##_1_(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w0, wcs, toff, woff, KK, \
+                  CB, bias);                                                           \
+    else                                                                               \
+        NAME##_1_(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w0, wcs, toff, NULL, KK, \
+                  CB, bias);                                                           \
 }
 
 CY_DEFINE_BLOCKED(cy_blk_f, float, cy_v8f, 8, cy_bcast_f)

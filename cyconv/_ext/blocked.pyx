@@ -23,11 +23,13 @@ oneDNN's ``jit:avx2`` convolution and Georganas et al. (arXiv:1808.05567):
 
 Every output element is one fixed-order sum over (channel block, tap, channel), computed
 by one thread: results are bit-identical for any thread count and any workspace limit.
-Stride, dilation and padding only change the input offsets, so the kernel's speed is
-nearly independent of dilation.  The input gradient of a unit-stride convolution is the
+Stride, dilation and padding only change the input offsets, and each micro-kernel call
+runs only the taps that reach real input for its pixels (with finite weights leaving out
+a tap that reads only padding changes no bit), so large dilations cost less, not more.  The input gradient of a unit-stride convolution is the
 same kernel run on the output gradient with flipped, transposed weights (``_cpu.py``).
 """
 from cython.parallel cimport prange
+from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
@@ -40,24 +42,29 @@ cdef extern from "_blocked.h" nogil:
     void cy_blk_f_2(float* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
                     Py_ssize_t wrow, Py_ssize_t ow_n, const float* x,
                     Py_ssize_t xs, Py_ssize_t xcs, const float* w0, const float* w1,
-                    Py_ssize_t wcs, const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB,
-                    const float* bias)
+                    Py_ssize_t wcs, const Py_ssize_t* toff, const Py_ssize_t* woff,
+                    Py_ssize_t KK, Py_ssize_t CB, const float* bias)
     void cy_blk_f_1(float* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
                     Py_ssize_t wrow, Py_ssize_t ow_n, const float* x,
                     Py_ssize_t xs, Py_ssize_t xcs, const float* w0, Py_ssize_t wcs,
-                    const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB, const float* bias)
+                    const Py_ssize_t* toff, const Py_ssize_t* woff, Py_ssize_t KK,
+                    Py_ssize_t CB, const float* bias)
     void cy_blk_d_2(double* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
                     Py_ssize_t wrow, Py_ssize_t ow_n, const double* x,
                     Py_ssize_t xs, Py_ssize_t xcs, const double* w0, const double* w1,
-                    Py_ssize_t wcs, const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB,
-                    const double* bias)
+                    Py_ssize_t wcs, const Py_ssize_t* toff, const Py_ssize_t* woff,
+                    Py_ssize_t KK, Py_ssize_t CB, const double* bias)
     void cy_blk_d_1(double* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t jend,
                     Py_ssize_t wrow, Py_ssize_t ow_n, const double* x,
                     Py_ssize_t xs, Py_ssize_t xcs, const double* w0, Py_ssize_t wcs,
-                    const Py_ssize_t* toff, Py_ssize_t KK, Py_ssize_t CB, const double* bias)
+                    const Py_ssize_t* toff, const Py_ssize_t* woff, Py_ssize_t KK,
+                    Py_ssize_t CB, const double* bias)
 
 
 UR = CY_UR
+
+cdef enum:
+    MAX_LISTED = 512        # taps one call can list; a longer kernel always runs them all
 
 
 def lanes(Py_ssize_t itemsize):
@@ -80,6 +87,57 @@ cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a < b else b
+
+
+cdef struct Taps:
+    const Py_ssize_t* toff       # every tap's input offset, taps in (kd, kh, kw) order
+    Py_ssize_t LL                # weight elements per tap: L * L
+    bint skip                    # list per call only the taps that reach real input
+    # output indices [f*0, f*1] for which every tap of that axis reads real input
+    Py_ssize_t fd0, fd1, fh0, fh1, fw0, fw1
+
+
+cdef inline Py_ssize_t _floordiv(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    """floor(a / b) for b > 0 (C division truncates toward zero)."""
+    return a // b if a >= 0 else -((b - 1 - a) // b)
+
+
+cdef inline void _reach(Py_ssize_t o0, Py_ssize_t o1, Py_ssize_t S, Py_ssize_t Dl,
+                        Py_ssize_t P, Py_ssize_t n, Py_ssize_t K, Py_ssize_t* lo,
+                        Py_ssize_t* hi) noexcept nogil:
+    """The taps [lo, hi) of one axis that read real input for some output index in
+    [o0, o1]: padded input index o * S + k * Dl within the data [P, P + n)."""
+    lo[0] = _max(0, -_floordiv(o1 * S - P, Dl))             # ceil((P - o1 * S) / Dl)
+    hi[0] = _min(K, _floordiv(P + n - 1 - o0 * S, Dl) + 1)
+
+
+cdef inline void _interior(Py_ssize_t S, Py_ssize_t Dl, Py_ssize_t P, Py_ssize_t n,
+                           Py_ssize_t K, Py_ssize_t* lo, Py_ssize_t* hi) noexcept nogil:
+    """The output indices [lo, hi] for which every tap of one axis reads real input:
+    o * S >= P and o * S + (K - 1) * Dl < P + n."""
+    lo[0] = (P + S - 1) // S
+    hi[0] = _floordiv(P + n - 1 - (K - 1) * Dl, S)
+
+
+cdef Py_ssize_t _list_taps(Py_ssize_t* tl, Py_ssize_t* wl, const Taps* tp, const Geom* g,
+                           Py_ssize_t od, Py_ssize_t r0, Py_ssize_t r1, Py_ssize_t c0,
+                           Py_ssize_t c1) noexcept nogil:
+    """List into tl / wl the taps that reach real input for some output pixel of depth
+    od, rows [r0, r1] and columns [c0, c1], and return how many (the others read only
+    padding).  Large dilations and paddings leave many taps out (with dilation 32 on a
+    56x56 image, 5 of a 3x3 kernel's 9 on average)."""
+    cdef Py_ssize_t d0, d1, h0, h1, w0, w1, kd, kh, kw, t, n = 0
+    _reach(od, od, g.SD, g.DD, g.PD, g.D, g.KD, &d0, &d1)
+    _reach(r0, r1, g.SH, g.DH, g.PH, g.H, g.KH, &h0, &h1)
+    _reach(c0, c1, g.SW, g.DW, g.PW, g.W, g.KW, &w0, &w1)
+    for kd in range(d0, d1):
+        for kh in range(h0, h1):
+            for kw in range(w0, w1):
+                t = (kd * g.KH + kh) * g.KW + kw
+                tl[n] = tp.toff[t]
+                wl[n] = t * tp.LL
+                n = n + 1
+    return n
 
 
 cdef Blk make_blk(const Geom* g, Py_ssize_t L) noexcept nogil:
@@ -173,55 +231,94 @@ cdef floating* _alloc(Py_ssize_t n, floating dummy) except NULL:
 cdef inline void _micro(floating* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j,
                         Py_ssize_t jend, Py_ssize_t wrow, Py_ssize_t ow_n, const floating* x,
                         Py_ssize_t xs, Py_ssize_t xcs, const floating* w, Py_ssize_t wblk,
-                        const Py_ssize_t* toff, const Geom* g, const Blk* q,
-                        const floating* bias) noexcept nogil:
-    """One micro-kernel call (see _blocked.h): two output blocks when nk > L, else one."""
+                        const Py_ssize_t* toff, const Py_ssize_t* woff, Py_ssize_t nt,
+                        const Geom* g, const Blk* q, const floating* bias) noexcept nogil:
+    """One micro-kernel call (see _blocked.h) over the nt listed taps: two output
+    blocks when nk > L, else one."""
     cdef Py_ssize_t wcs = g.KK * q.L * q.L
     if floating is float:
         if nk > q.L:
             cy_blk_f_2(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, w + wblk, wcs, toff,
-                       g.KK, q.CB, bias)
+                       woff, nt, q.CB, bias)
         else:
-            cy_blk_f_1(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, wcs, toff, g.KK, q.CB,
-                       bias)
+            cy_blk_f_1(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, wcs, toff, woff, nt,
+                       q.CB, bias)
     else:
         if nk > q.L:
             cy_blk_d_2(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, w + wblk, wcs, toff,
-                       g.KK, q.CB, bias)
+                       woff, nt, q.CB, bias)
         else:
-            cy_blk_d_1(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, wcs, toff, g.KK, q.CB,
-                       bias)
+            cy_blk_d_1(y, ys, nk, j, jend, wrow, ow_n, x, xs, xcs, w, wcs, toff, woff, nt,
+                       q.CB, bias)
 
 
-cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t oh0, Py_ssize_t oh1,
-                 Py_ssize_t rbase, const floating* xsl, Py_ssize_t xs, Py_ssize_t splane,
-                 const floating* wa, const floating* bias, const Py_ssize_t* toff,
-                 const Geom* g, const Blk* q) noexcept nogil:
-    """Output rows [oh0, oh1) of one plane for nk (<= 2L) output channels from ypl on:
-    micro-kernel calls along the wide grid, or row by row.  xsl is the packed slab whose
-    first row is padded input row rbase."""
-    cdef Py_ssize_t L = q.L, j, jend, oh
+cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t od, Py_ssize_t oh0,
+                 Py_ssize_t oh1, Py_ssize_t rbase, const floating* xsl, Py_ssize_t xs,
+                 Py_ssize_t splane, const floating* wa, const floating* bias,
+                 const Taps* tp, const Geom* g, const Blk* q) noexcept nogil:
+    """Output rows [oh0, oh1) of output depth od, for nk (<= 2L) output channels from
+    ypl on: micro-kernel calls along the wide grid, or row by row.  xsl is the packed
+    slab whose first row is padded input row rbase.
+
+    With tp.skip a call whose pixels lie near the border runs only the taps that reach
+    real input for them (_list_taps); interior calls, told apart by the precomputed
+    interior ranges with no division, run every tap."""
+    cdef Py_ssize_t L = q.L, j, jend, oh, r0, r1, c0, c1, cl, nt
+    cdef Py_ssize_t tl[MAX_LISTED]
+    cdef Py_ssize_t wl[MAX_LISTED]
+    cdef bint skip = tp.skip, dfull = tp.fd0 <= od <= tp.fd1, hfull
     if q.wide:
-        # pixels j of the plane on rows Wp long; input pixel j at slab row j // Wp - rbase
+        # pixels j of the plane on rows Wp long; input pixel j at slab row j // Wp - rbase.
+        # The call's first pixel is at row r0, column c0 (kept without dividing).
         jend = (oh1 - 1) * q.Wp + g.OW
         j = oh0 * q.Wp
+        r0, c0 = oh0, 0
         while j < jend:
-            _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L, xs,
-                   splane, wa, q.wblk, toff, g, q, bias)
+            if skip:
+                cl = c0 + _min(CY_UR, jend - j) - 1     # column of the last pixel, on row r0
+                if cl < q.Wp:                            # within one row
+                    r1, c1 = r0, _min(cl, g.OW - 1)
+                else:
+                    r1, c1 = r0 + cl // q.Wp, g.OW - 1
+                if cl >= q.Wp or c0 < g.OW:              # some real pixel to store
+                    if (dfull and tp.fh0 <= r0 and r1 <= tp.fh1
+                            and (cl >= q.Wp or (tp.fw0 <= c0 and c1 <= tp.fw1))):
+                        _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L,
+                               xs, splane, wa, q.wblk, tp.toff, NULL, g.KK, g, q, bias)
+                    else:
+                        nt = _list_taps(tl, wl, tp, g, od, r0, r1,
+                                        0 if cl >= q.Wp else c0, c1)
+                        _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L,
+                               xs, splane, wa, q.wblk, tl, wl, nt, g, q, bias)
+                c0 = c0 + CY_UR
+                while c0 >= q.Wp:
+                    c0 = c0 - q.Wp
+                    r0 = r0 + 1
+            else:
+                _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L, xs,
+                       splane, wa, q.wblk, tp.toff, NULL, g.KK, g, q, bias)
             j = j + CY_UR
     else:
         for oh in range(oh0, oh1):
+            hfull = dfull and tp.fh0 <= oh <= tp.fh1
             j = 0
             while j < g.OW:
-                _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
-                       xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
-                       splane, wa, q.wblk, toff, g, q, bias)
+                c1 = _min(j + CY_UR, g.OW) - 1
+                if not skip or (hfull and tp.fw0 <= j and c1 <= tp.fw1):
+                    _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
+                           xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
+                           splane, wa, q.wblk, tp.toff, NULL, g.KK, g, q, bias)
+                else:
+                    nt = _list_taps(tl, wl, tp, g, od, oh, oh, j, c1)
+                    _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
+                           xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
+                           splane, wa, q.wblk, tl, wl, nt, g, q, bias)
                 j = j + CY_UR
 
 
 cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssize_t ystride,
                      const floating* b, const floating* wb, floating* xb,
-                     const Py_ssize_t* toff, Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t o0,
+                     const Taps* tp, Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t o0,
                      Py_ssize_t PC, Py_ssize_t R0, Py_ssize_t NR, Py_ssize_t RB,
                      Py_ssize_t NRB, Py_ssize_t rows, Py_ssize_t splane, Py_ssize_t simg,
                      Py_ssize_t xs, Py_ssize_t n_threads, const Geom* g,
@@ -251,9 +348,9 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
         for kp in range(q.KP):
             k0 = 2 * kp * L
             _sweep(y + (n0 + nn) * ystride + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW,
-                   _min(2 * L, g.Kg - k0), oh0, _min(R0 + NR, oh0 + RB), R0 * g.SH, xsl,
-                   xs, splane, wb + (gi * q.KB + 2 * kp) * q.wblk,
-                   b + gi * g.Kg + k0 if b != NULL else NULL, toff, g, q)
+                   _min(2 * L, g.Kg - k0), od, oh0, _min(R0 + NR, oh0 + RB), R0 * g.SH,
+                   xsl, xs, splane, wb + (gi * q.KB + 2 * kp) * q.wblk,
+                   b + gi * g.Kg + k0 if b != NULL else NULL, tp, g, q)
 
 
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
@@ -287,6 +384,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef floating* wb = _alloc(nw, <floating> 0)
     cdef floating* xb = NULL
     cdef Py_ssize_t* toff = <Py_ssize_t*> malloc(g.KK * sizeof(Py_ssize_t))
+    cdef Taps tp
     cdef Py_ssize_t gi, k, c, t, kd, kh, kw, n0, nc
     cdef Py_ssize_t xs = (1 if q.wide else g.SW) * L
     if toff == NULL:
@@ -306,6 +404,17 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
             kh = (t // g.KW) % g.KH
             kd = t // (g.KW * g.KH)
             toff[t] = ((kd * g.DD * q.Hp + kh * g.DH) * q.Wp + kw * g.DW) * L
+        # Taps that read only padding are left out (bit-exact, see _blocked.h) unless a
+        # weight is NaN or Inf: then 0 * w must reach the output as in the im2col path.
+        tp.toff, tp.LL = toff, L * L
+        tp.skip = g.KK <= MAX_LISTED
+        _interior(g.SD, g.DD, g.PD, g.D, g.KD, &tp.fd0, &tp.fd1)
+        _interior(g.SH, g.DH, g.PH, g.H, g.KH, &tp.fh0, &tp.fh1)
+        _interior(g.SW, g.DW, g.PW, g.W, g.KW, &tp.fw0, &tp.fw1)
+        for k in range(w.shape[0]):
+            for c in range(w.shape[1]):
+                if not isfinite(w[k, c]):
+                    tp.skip = False
         for n0 in range(0, N, NC):
             nc = _min(NC, N - n0)
             for o0 in range(0, OO, OC):
@@ -320,7 +429,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                 NRB = (NR + RB - 1) // RB
                 with nogil:
                     _run_chunk(&x[0, 0], x.shape[1], &y[0, 0], y.shape[1],
-                               &b[0] if has_bias else NULL, wb, xb, toff, n0, nc, o0, PC,
+                               &b[0] if has_bias else NULL, wb, xb, &tp, n0, nc, o0, PC,
                                R0, NR, RB, NRB, rows, splane, simg, xs, n_threads, &g, &q)
     finally:
         free(xb)
