@@ -49,6 +49,7 @@ from cyconv._ext._geom cimport Geom, make_geom
 cdef enum:
     PREFETCH = 2048           # bytes: how far ahead of the rows it stages fill_rows prefetches
     PREFETCH_MAX = 16384      # bytes: the most the weight gradient prefetches per sample (half of L1d)
+    STREAM_WHOLE = 8192       # bytes: depthwise input planes up to this size are staged at once
 
 
 cdef struct Pad:
@@ -298,8 +299,9 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     Three sweeps, by the width stride and the output width:
 
     * rows (width stride 1, OW at least one vector): ``taps_rows`` writes output rows in
-      place, register-blocked.  A depthwise 1-D/2-D plane is staged a few input rows
-      ahead of the rows being computed, so reading x overlaps the arithmetic.
+      place, register-blocked.  A depthwise 1-D/2-D plane is staged in one step when
+      small, else a few input rows ahead of the rows being computed (fill_rows
+      prefetches further ahead), so reading x overlaps the arithmetic.
     * wide (unit strides, OW narrower than a vector): one ``taps_acc`` sweep per input
       channel over the padded grid (rows Wp long), cropped into y.
     * strided (width stride > 1): ``taps_acc`` row by row with a strided source.
@@ -311,6 +313,10 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef bint rows = g.SW == 1 and g.OW * <Py_ssize_t> sizeof(floating) >= 32
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
     cdef bint stream = rows and g.Cg == 1 and g.D == 1 and g.OD == 1
+    # stream steps: a small plane (at most STREAM_WHOLE bytes) in one, else 3 rows at a
+    # time (a register block of taps_rows)
+    cdef Py_ssize_t step = (g.OH if g.H * g.W * <Py_ssize_t> sizeof(floating) <= STREAM_WHOLE
+                            else 3)
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
     # wide: yw[(od*Hp + oh)*Wp + ow]; strided: yw[(od*OH + oh)*OW + ow]; rows: no yw
@@ -345,7 +351,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                     if stream:                   # one channel, one output depth
                         oh = 0
                         while oh < g.OH:
-                            r = g.OH - oh if g.OH - oh < 3 else 3
+                            r = g.OH - oh if g.OH - oh < step else step
                             need = (oh + r - 1) * g.SH + (g.KH - 1) * g.DH - g.PH + 1
                             if need > g.H:
                                 need = g.H
