@@ -48,7 +48,6 @@ from cyconv._ext._geom cimport Geom, make_geom
 
 cdef enum:
     PREFETCH = 2048           # bytes: how far ahead of the rows it stages fill_rows prefetches
-    PREFETCH_MAX = 16384      # bytes: the most the weight gradient prefetches per sample (half of L1d)
     STREAM_WHOLE = 8192       # bytes: depthwise input planes up to this size are staged at once
 
 
@@ -61,6 +60,10 @@ cdef struct Pad:
 
 cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
     return a if a > b else b
+
+
+cdef inline Py_ssize_t _min(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
+    return a if a < b else b
 
 
 cdef Pad make_pad(const Geom* g) noexcept nogil:
@@ -464,19 +467,24 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                          Py_ssize_t ws_bytes):
     """gw[k, c] = sum over samples of <gy[n, k], x[n, c] under each tap>.
 
-    One (group, input channel) per work item.  x (N, C_img * D*H*W), gy (N, C_col * P),
-    gw (C_col, CKK) overwritten.
+    A work item is a run of consecutive input channels, swept sample by sample: for one
+    sample its x planes (and, depthwise, its gy planes) lie next to each other in memory,
+    so they stream in; across samples they are a whole sample apart.  Every gw element
+    is summed by one thread in sample order, whatever the thread count.  x (N, C_img *
+    D*H*W), gy (N, C_col * P), gw (C_col, CKK) overwritten.
     """
     cdef Geom g = make_geom(geom)
     cdef Pad q = make_pad(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t per_thread = q.plane + q.wide
-    cdef bint prefetch = (g.img_plane + g.Kg * g.P) * <Py_ssize_t> sizeof(floating) <= PREFETCH_MAX
+    # runs of channels: a few per thread, so that dynamic scheduling evens them out
+    cdef Py_ssize_t run = _max(1, g.C_img // (4 * n_threads))
+    cdef Py_ssize_t n_runs = (g.C_img + run - 1) // run
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, c, k, kd, kh, kw, tap, od
+    cdef Py_ssize_t ri, it, n, gi, c, k, kd, kh, kw, tap, od
     cdef floating* xp = NULL
     cdef floating* gyw
     cdef floating* out
@@ -486,30 +494,30 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
             xp = scratch + threadid() * per_thread
             gyw = xp + q.plane
             memset(xp, 0, q.plane * sizeof(floating))     # the padding, once
-            for it in prange(g.C_img, schedule="static"):
-                gi = it // g.Cg
-                c = it % g.Cg
-                for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                    memset(gwp + k * g.CKK + c * g.KK, 0, g.KK * sizeof(floating))
-                for n in range(N):
-                    if n + 1 < N and prefetch:   # the next sample's planes, while this one runs
-                        prefetch_span(&x[n + 1, 0] + it * g.img_plane,
-                                      g.img_plane * sizeof(floating))
-                        prefetch_span(&gy[n + 1, 0] + gi * g.Kg * g.P,
-                                      g.Kg * g.P * sizeof(floating))
-                    fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
+            for ri in prange(n_runs, schedule="dynamic"):
+                for it in range(ri * run, _min(g.C_img, (ri + 1) * run)):
+                    gi = it // g.Cg
+                    c = it % g.Cg
                     for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                        stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
-                        out = gwp + k * g.CKK + c * g.KK
-                        if unit:         # every tap at once over each wide output plane
-                            for od in range(g.OD):
-                                taps_dot(out, gyw + od * g.OH * q.L, xp + od * q.Hp * q.Wp,
-                                         off, g.KK, g.OH * q.Wp)
-                            continue
-                        for kd in range(g.KD):
-                            for kh in range(g.KH):
-                                for kw in range(g.KW):
-                                    tap = (kd * g.KH + kh) * g.KW + kw
-                                    out[tap] = out[tap] + tap_dot(gyw, xp, kd, kh, kw, &g, &q)
+                        memset(gwp + k * g.CKK + c * g.KK, 0, g.KK * sizeof(floating))
+                for n in range(N):
+                    for it in range(ri * run, _min(g.C_img, (ri + 1) * run)):
+                        gi = it // g.Cg
+                        c = it % g.Cg
+                        fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
+                        for k in range(gi * g.Kg, (gi + 1) * g.Kg):
+                            stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
+                            out = gwp + k * g.CKK + c * g.KK
+                            if unit:     # every tap at once over each wide output plane
+                                for od in range(g.OD):
+                                    taps_dot(out, gyw + od * g.OH * q.L,
+                                             xp + od * q.Hp * q.Wp, off, g.KK, g.OH * q.Wp)
+                                continue
+                            for kd in range(g.KD):
+                                for kh in range(g.KH):
+                                    for kw in range(g.KW):
+                                        tap = (kd * g.KH + kh) * g.KW + kw
+                                        out[tap] = out[tap] + tap_dot(gyw, xp, kd, kh, kw,
+                                                                      &g, &q)
     finally:
         free(scratch)
