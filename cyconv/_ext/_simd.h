@@ -24,10 +24,10 @@
  *
  * taps_dot:  out[t] += sum_i g[i] * src[off[t] + i]          for every tap t, i in [0, m)
  *
- * The weight gradient of one plane: taps go four at a time, each with two vector partial
- * sums, so one loaded g vector feeds eight independent FMA chains (a single running sum
- * would wait on the FMA latency at every step).  The order of the sums is fixed by m
- * alone: results do not depend on threads or alignment.
+ * The weight gradient of one plane: taps go up to CY_DOT_MAX at a time (a 3x3 kernel in
+ * one pass), each with one vector partial sum, so one loaded g vector feeds that many
+ * independent FMA chains and g is read once per pass.  The order of the sums is fixed
+ * by m and KK alone: results do not depend on threads or alignment.
  */
 #ifndef CYCONV_SIMD_H
 #define CYCONV_SIMD_H
@@ -180,44 +180,55 @@ CY_DEFINE_TAPS_ROWS(cy_taps_rows_d, double, cy_v4d, 4)
             h_[l_] += h_[l_ + s_];                                                    \
     h_[0]; })
 
+#define CY_DOT_MAX 12    /* taps per pass: 12 sums + g + a product in 16 registers */
+
 #define CY_DEFINE_TAPS_DOT(NAME, T, V, L)                                             \
+static inline __attribute__((always_inline)) void                                     \
+NAME##_pass(T *out, const T *g, const T *src, const Py_ssize_t *off, int nt,          \
+            Py_ssize_t m)                                                             \
+{                                                                                     \
+    V a[CY_DOT_MAX];                                                                  \
+    const T *s[CY_DOT_MAX];                                                           \
+    Py_ssize_t i, mv = m / L * L;                                                     \
+    int t;                                                                            \
+    for (t = 0; t < nt; t++) {                                                        \
+        a[t] = (V){0};                                                                \
+        s[t] = src + off[t];                                                          \
+    }                                                                                 \
+    for (i = 0; i < mv; i += L) {                                                     \
+        V gv = *(const V *)(g + i);                                                   \
+        for (t = 0; t < nt; t++)                                                      \
+            a[t] += gv * *(const V *)(s[t] + i);                                      \
+    }                                                                                 \
+    for (t = 0; t < nt; t++) {                                                        \
+        T r = CY_HSUM(T, L, a[t]);                                                    \
+        for (i = mv; i < m; i++)                                                      \
+            r += g[i] * s[t][i];                                                      \
+        out[t] += r;                                                                  \
+    }                                                                                 \
+}                                                                                     \
+                                                                                      \
 static void NAME(T *out, const T *g, const T *src, const Py_ssize_t *off,             \
                  Py_ssize_t KK, Py_ssize_t m)                                         \
 {                                                                                     \
-    Py_ssize_t t = 0, i, mv = m / (2 * L) * (2 * L);                                  \
-    for (; t + 4 <= KK; t += 4) {                                                     \
-        const T *s0 = src + off[t], *s1 = src + off[t + 1];                           \
-        const T *s2 = src + off[t + 2], *s3 = src + off[t + 3];                       \
-        V a0 = {0}, a1 = {0}, a2 = {0}, a3 = {0}, b0 = {0}, b1 = {0}, b2 = {0}, b3 = {0}; \
-        for (i = 0; i < mv; i += 2 * L) {                                             \
-            V g0 = *(const V *)(g + i), g1 = *(const V *)(g + i + L);                 \
-            a0 += g0 * *(const V *)(s0 + i); b0 += g1 * *(const V *)(s0 + i + L);     \
-            a1 += g0 * *(const V *)(s1 + i); b1 += g1 * *(const V *)(s1 + i + L);     \
-            a2 += g0 * *(const V *)(s2 + i); b2 += g1 * *(const V *)(s2 + i + L);     \
-            a3 += g0 * *(const V *)(s3 + i); b3 += g1 * *(const V *)(s3 + i + L);     \
+    Py_ssize_t npass = (KK + CY_DOT_MAX - 1) / CY_DOT_MAX, t = 0;                     \
+    for (; npass > 0; npass--) {                                                      \
+        int nt = (int)((KK - t + npass - 1) / npass);    /* passes of even size */    \
+        switch (nt) {                                                                 \
+        case 1: NAME##_pass(out + t, g, src, off + t, 1, m); break;                   \
+        case 2: NAME##_pass(out + t, g, src, off + t, 2, m); break;                   \
+        case 3: NAME##_pass(out + t, g, src, off + t, 3, m); break;                   \
+        case 4: NAME##_pass(out + t, g, src, off + t, 4, m); break;                   \
+        case 5: NAME##_pass(out + t, g, src, off + t, 5, m); break;                   \
+        case 6: NAME##_pass(out + t, g, src, off + t, 6, m); break;                   \
+        case 7: NAME##_pass(out + t, g, src, off + t, 7, m); break;                   \
+        case 8: NAME##_pass(out + t, g, src, off + t, 8, m); break;                   \
+        case 9: NAME##_pass(out + t, g, src, off + t, 9, m); break;                   \
+        case 10: NAME##_pass(out + t, g, src, off + t, 10, m); break;                 \
+        case 11: NAME##_pass(out + t, g, src, off + t, 11, m); break;                 \
+        default: NAME##_pass(out + t, g, src, off + t, 12, m); break;                 \
         }                                                                             \
-        {                                                                             \
-            T r0 = CY_HSUM(T, L, a0 + b0), r1 = CY_HSUM(T, L, a1 + b1);               \
-            T r2 = CY_HSUM(T, L, a2 + b2), r3 = CY_HSUM(T, L, a3 + b3);               \
-            for (i = mv; i < m; i++) {                                                \
-                r0 += g[i] * s0[i]; r1 += g[i] * s1[i];                               \
-                r2 += g[i] * s2[i]; r3 += g[i] * s3[i];                               \
-            }                                                                         \
-            out[t] += r0; out[t + 1] += r1; out[t + 2] += r2; out[t + 3] += r3;       \
-        }                                                                             \
-    }                                                                                 \
-    for (; t < KK; t++) {                                                             \
-        const T *s0 = src + off[t];                                                   \
-        V a0 = {0}, b0 = {0};                                                         \
-        T r0;                                                                         \
-        for (i = 0; i < mv; i += 2 * L) {                                             \
-            a0 += *(const V *)(g + i) * *(const V *)(s0 + i);                         \
-            b0 += *(const V *)(g + i + L) * *(const V *)(s0 + i + L);                 \
-        }                                                                             \
-        r0 = CY_HSUM(T, L, a0 + b0);                                                  \
-        for (i = mv; i < m; i++)                                                      \
-            r0 += g[i] * s0[i];                                                       \
-        out[t] += r0;                                                                 \
+        t += nt;                                                                      \
     }                                                                                 \
 }
 
