@@ -328,13 +328,15 @@ def conv_params(op: str, nd: int, x_shape, w_shape, *, stride=1, padding=0, dila
 
 def check_dtypes(op: str, xp_name: str, **arrays):
     """Input/weight/bias dtypes: float32 or float64 (float16 on the GPU), all equal."""
-    allowed = ("float16", "float32", "float64") if xp_name == "cupy" else ("float32", "float64")
+    # compared by kind and size (dtype.name builds a string: slow on every call)
+    sizes = (2, 4, 8) if xp_name == "cupy" else (4, 8)
     first_name = first = None
     for name, a in arrays.items():
         if a is None:
             continue
         dt = np.dtype(a.dtype)
-        if dt.name not in allowed:
+        if dt.kind != "f" or dt.itemsize not in sizes:
+            allowed = [f"float{8 * n}" for n in sizes]
             if dt == np.float16:
                 raise TypeError(f"{op}: {name} is float16; float16 is supported for CuPy (GPU) "
                                 f"arrays only; use float32 on the CPU")
@@ -342,7 +344,7 @@ def check_dtypes(op: str, xp_name: str, **arrays):
                             f"{', '.join(allowed)}")
         if first is None:
             first_name, first = name, dt.newbyteorder("=")
-        elif dt.name != first.name:
+        elif dt.itemsize != first.itemsize:
             raise TypeError(f"{op}: {first_name} is {first.name} but {name} is {dt.name}; "
                             f"convert with {name}.astype(np.{first.name})")
     return first
