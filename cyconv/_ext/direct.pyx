@@ -21,17 +21,21 @@ dropped when the wide plane is cropped into y.  With a width stride > 1 the same
 row by row over the OW real columns.
 
 * forward: an item is one (sample, group); it pads the group's Cg input planes once and
-  produces its Kg output planes one by one (the first input channel's sweep overwrites
-  the wide plane, the others add to it).
+  produces its Kg output planes one by one.  Rows of at least one vector are written in
+  place by ``taps_rows`` (register blocks of 3 rows x 4 vectors; a depthwise plane is
+  staged in one step when small, else a few rows ahead of the rows being computed);
+  narrower rows go through the wide grid (the first input channel's sweep overwrites
+  it, the others add to it).
 * input gradient (``_cpu.py`` runs the unit-stride ones as forward convolutions of the
   output gradient instead): an item is one (sample, group); the output gradient of each
   of the Kg channels is staged on the wide grid (zeros beyond OW) and scattered tap by
-  tap into the padded gradient planes, which are cropped into gx at the end.  Each thread owns
-  its planes: no atomics, no races.
-* weight gradient: an item is one (group, input channel); for every sample it pads that
-  channel's plane, and each weight is a dot product over the wide grid, summed over the
-  samples in order.  With unit strides one ``taps_dot`` pass takes every tap at once.  Every weight is computed by one thread in a fixed order, so the
-  result is bit-identical for any thread count.
+  tap into the padded gradient planes, which are cropped into gx at the end.  Each
+  thread owns its planes: no atomics, no races.
+* weight gradient: an item is a run of consecutive input channels, swept sample by
+  sample (so each sample's planes stream in from contiguous memory); each weight is a
+  dot product over the wide grid, summed over the samples in order.  With unit strides
+  one ``taps_dot`` pass takes up to 12 taps at once.  Every weight is computed by one
+  thread in a fixed order, so the result is bit-identical for any thread count.
 
 Padding taps read real zeros (0 * w), exactly like the im2col path, so NaN and Inf
 weights propagate the same way in both algorithms.
