@@ -119,13 +119,15 @@ cdef void im2col_nd(const floating* x, floating* col, const Geom* g, Py_ssize_t 
 
 
 cdef void col2im_nd(const floating* col, floating* x, const Geom* g, Py_ssize_t r0,
-                    Py_ssize_t r1) noexcept nogil:
-    """Scatter-add rows r0..r1 (all P columns) of a column matrix into the image x.
+                    Py_ssize_t r1, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+    """Scatter-add rows r0..r1, columns (pixels) p0..p1, of a column matrix into the
+    image x; col holds those rows, p1 - p0 columns each.
 
     The adjoint of ``im2col_nd``: ``x[c, i(p, k)] += col[r, p]`` for every in-image
     position, rows in order, pixels in order.
     """
-    cdef Py_ssize_t r, c, kd, kh, kw, t, od, oh, idd, ih, iw0, lo, hi, j
+    cdef Py_ssize_t r, c, kd, kh, kw, t, q, od, oh, idd, ih, iw0, lo, hi, j, jlo, jhi, base
+    cdef Py_ssize_t OHW = g.OH * g.OW
     cdef const floating* src
     cdef floating* row
     for r in range(r0, r1):
@@ -135,25 +137,26 @@ cdef void col2im_nd(const floating* col, floating* x, const Geom* g, Py_ssize_t 
         t = t // g.KH
         kd = t % g.KD
         c = t // g.KD
-        src = col + (r - r0) * g.P
+        src = col + (r - r0) * (p1 - p0) - p0          # src[p] for p in [p0, p1)
         iw0 = kw * g.DW - g.PW
         valid_range(iw0, g.SW, g.W, g.OW, &lo, &hi)
-        for od in range(g.OD):
+        for q in range(p0 // g.OW, (p1 - 1) // g.OW + 1):  # output rows (od, oh) met
+            od = q // g.OH
+            oh = q - od * g.OH
             idd = od * g.SD - g.PD + kd * g.DD
-            if idd < 0 or idd >= g.D:
-                src += g.OH * g.OW
+            ih = oh * g.SH - g.PH + kh * g.DH
+            if idd < 0 or idd >= g.D or ih < 0 or ih >= g.H:
                 continue
-            for oh in range(g.OH):
-                ih = oh * g.SH - g.PH + kh * g.DH
-                if ih >= 0 and ih < g.H:
-                    row = x + ((c * g.D + idd) * g.H + ih) * g.W + iw0
-                    if g.SW == 1:
-                        for j in range(lo, hi):
-                            row[j] += src[j]
-                    else:
-                        for j in range(lo, hi):
-                            row[j * g.SW] += src[j]
-                src += g.OW
+            base = q * g.OW
+            jlo = _max(lo, p0 - base)
+            jhi = _min(hi, p1 - base)
+            row = x + ((c * g.D + idd) * g.H + ih) * g.W + iw0
+            if g.SW == 1:
+                for j in range(jlo, jhi):
+                    row[j] += src[base + j]
+            else:
+                for j in range(jlo, jhi):
+                    row[j * g.SW] += src[base + j]
 
 
 cdef bint _is_pointwise(const Geom* g) noexcept nogil:
@@ -245,18 +248,25 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
     cdef Py_ssize_t CB = _min(g.Cg, _max(1, (n_threads + N * g.G - 1) // (N * g.G)))
     cdef Py_ssize_t cpb = (g.Cg + CB - 1) // CB
     CB = (g.Cg + cpb - 1) // cpb
-    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
-    cdef Py_ssize_t rows = _max(1, _min(_min(cpb * g.KK, budget // g.P),
-                                        _max(g.KK, _TILE_BYTES // (g.P * <Py_ssize_t> sizeof(floating)))))
+    cdef Py_ssize_t elem = sizeof(floating)
+    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * elem))
+    # Pixel tiles: a long image (a long 1-D signal, say) is cut so that a GEMM of up to
+    # 64 rows still fits the cache tile; the size depends on the shape only, and every
+    # image element gets its contributions tile by tile, rows in order within a tile,
+    # whatever the row chunking.
+    cdef Py_ssize_t pt = _min(g.P, _max(MIN_TILE, _TILE_BYTES // (_min(cpb * g.KK, 64) * elem)))
+    cdef Py_ssize_t NT = (g.P + pt - 1) // pt
+    cdef Py_ssize_t rows = _max(1, _min(_min(cpb * g.KK, budget // pt),
+                                        _max(g.KK, _TILE_BYTES // (pt * elem))))
     cdef Py_ssize_t items = N * g.G * CB
-    cdef floating* scratch = _scratch(n_threads, rows * g.P, <floating> 0)
-    cdef Py_ssize_t it, n, gi, cb, c0, c1, r0, r1, rr, c
+    cdef floating* scratch = _scratch(n_threads, rows * pt, <floating> 0)
+    cdef Py_ssize_t it, n, gi, cb, c0, c1, r0, r1, rr, c, tp, p0, p1
     cdef floating* col
     cdef floating* xg
     cdef const floating* gyg
     try:
         with nogil, parallel(num_threads=n_threads):
-            col = scratch + threadid() * rows * g.P
+            col = scratch + threadid() * rows * pt
             for it in prange(items, schedule="static"):
                 n = it // (g.G * CB)
                 gi = (it // CB) % g.G
@@ -271,15 +281,18 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
                             xg[c * g.img_plane + rr] = b[gi * g.Cg + c]
                     else:
                         memset(xg + c * g.img_plane, 0, g.img_plane * sizeof(floating))
-                r0 = c0 * g.KK
-                while r0 < c1 * g.KK:
-                    r1 = _min(r0 + rows, c1 * g.KK)
-                    # col[r0:r1, :] = W[g][:, r0:r1]^T @ gy[n, g]
-                    gemm_rm(True, False, <int> (r1 - r0), <int> g.P, <int> g.Kg, 1,
-                            &w[gi * g.Kg, 0] + r0, <int> g.CKK, gyg, <int> g.P, 0,
-                            col, <int> g.P)
-                    col2im_nd(col, xg, &g, r0, r1)
-                    r0 = r1
+                for tp in range(NT):
+                    p0 = tp * pt
+                    p1 = _min(p0 + pt, g.P)
+                    r0 = c0 * g.KK
+                    while r0 < c1 * g.KK:
+                        r1 = _min(r0 + rows, c1 * g.KK)
+                        # col[r0:r1, p0:p1] = W[g][:, r0:r1]^T @ gy[n, g][:, p0:p1]
+                        gemm_rm(True, False, <int> (r1 - r0), <int> (p1 - p0), <int> g.Kg, 1,
+                                &w[gi * g.Kg, 0] + r0, <int> g.CKK, gyg + p0, <int> g.P, 0,
+                                col, <int> (p1 - p0))
+                        col2im_nd(col, xg, &g, r0, r1, p0, p1)
+                        r0 = r1
     finally:
         free(scratch)
 
@@ -298,8 +311,14 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef Py_ssize_t wsize = g.C_col * g.CKK
     cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
     cdef Py_ssize_t rows = _max(1, _min(g.CKK, budget // tile))
-    cdef Py_ssize_t items = N * g.G * T
-    cdef Py_ssize_t nt = _max(1, _min(n_threads, items))
+    cdef Py_ssize_t R, items, nt
+    # Fewer (sample, group, tile) items than threads (one long sample, say): split the
+    # column rows too, so every thread has a share of the GEMM.
+    if N * g.G * T < n_threads:
+        rows = _min(rows, (g.CKK + n_threads - 1) // n_threads)
+    R = (g.CKK + rows - 1) // rows
+    items = N * g.G * T * R
+    nt = _max(1, _min(n_threads, items))
     # Per thread: its column chunk, then its partial weight gradient (padded to 64 bytes
     # so no two threads share a cache line).
     cdef Py_ssize_t part = (wsize + 15) // 16 * 16
@@ -317,20 +336,18 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
             col = scratch + threadid() * per_thread
             acc = col + rows * tile
             for it in prange(items, schedule="static"):
-                n = it // (g.G * T)
-                gi = (it // T) % g.G
-                t = it % T
+                n = it // (g.G * T * R)
+                gi = (it // (T * R)) % g.G
+                t = (it // R) % T
                 p0 = t * tile
                 p1 = _min(p0 + tile, g.P)
-                r0 = 0
-                while r0 < g.CKK:
-                    r1 = _min(r0 + rows, g.CKK)
-                    im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1)
-                    # acc[g][:, r0:r1] += gy[n, g][:, p0:p1] @ col^T
-                    gemm_rm(False, True, <int> g.Kg, <int> (r1 - r0), <int> (p1 - p0), 1,
-                            &gy[n, 0] + gi * g.Kg * g.P + p0, <int> g.P, col,
-                            <int> (p1 - p0), 1, acc + gi * g.Kg * g.CKK + r0, <int> g.CKK)
-                    r0 = r1
+                r0 = (it % R) * rows
+                r1 = _min(r0 + rows, g.CKK)
+                im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1)
+                # acc[g][:, r0:r1] += gy[n, g][:, p0:p1] @ col^T
+                gemm_rm(False, True, <int> g.Kg, <int> (r1 - r0), <int> (p1 - p0), 1,
+                        &gy[n, 0] + gi * g.Kg * g.P + p0, <int> g.P, col,
+                        <int> (p1 - p0), 1, acc + gi * g.Kg * g.CKK + r0, <int> g.CKK)
         # Reduce the partials in thread order, in parallel over weight elements.
         for i in prange(wsize, nogil=True, num_threads=nt, schedule="static"):
             s = scratch[rows * tile + i]
