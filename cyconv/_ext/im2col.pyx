@@ -21,12 +21,15 @@ small-matrix kernels, for other GEMM shapes), so a tiny workspace agrees to roun
 
 * forward chunks the output pixels, i.e. the N dimension of the GEMM: every output
   element is still one dot product of length CKK;
-* the input gradient chunks the rows of the column matrix inside whole channels and
-  scatters rows in order, so each image element receives its contributions in the same
-  (row, pixel) order whatever the chunk size; threads own disjoint channel blocks;
+* the input gradient cuts long images into pixel tiles of a size that depends on the
+  shape only, chunks the rows of the column matrix inside whole channels, and scatters
+  tile by tile, rows in order, so each image element receives its contributions in the
+  same (tile, row, pixel) order whatever the chunk size; threads own disjoint channel
+  blocks;
 * the weight gradient tiles the pixels (the GEMM's K dimension) by a size that depends
-  on the shape only, chunks the CKK rows for the workspace, and reduces the per-thread
-  partial sums in thread order: bit-identical run to run for a given thread count.
+  on the shape only, chunks the CKK rows for the workspace (and among the threads when
+  there are fewer pixel tiles than threads), and reduces the per-thread partial sums in
+  thread order: bit-identical run to run for a given thread count.
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free

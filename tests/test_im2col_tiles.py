@@ -1,0 +1,92 @@
+"""The im2col path's tiling of long images and of single-sample weight gradients.
+
+The input gradient (and transposed convolution) cuts long images into pixel tiles and
+scatters them tile by tile; the weight gradient splits the column rows among the threads
+when a call has fewer pixel tiles than threads (one long sample).  The tile sizes are
+shape-dependent; the tuning hook ``set_tile_bytes`` shrinks them here so that small
+arrays cross many tile boundaries.  Everything is checked against the float64
+reference, in both dtypes, at 1 and 2 threads.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import cyconv
+import reference
+from conftest import DTYPES, assert_close
+from cyconv import _cpu
+
+
+@pytest.fixture(params=[256, 4096], ids=["tile256B", "tile4KiB"])
+def small_tiles(request):
+    mod = _cpu.kernels("im2col")
+    mod.set_tile_bytes(request.param)
+    yield request.param
+    mod.set_tile_bytes(2 * 1024 * 1024)
+
+
+@pytest.fixture(params=[1, 2], ids=["1thread", "2threads"])
+def threads(request):
+    old = cyconv.get_num_threads()
+    cyconv.set_num_threads(request.param)
+    yield request.param
+    cyconv.set_num_threads(old)
+
+
+def _rng_arrays(dtype, *shapes, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.standard_normal(s).astype(dtype) for s in shapes]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_transposed_1d_long_signal(dtype, small_tiles, threads):
+    x, w, b = _rng_arrays(dtype, (1, 6, 301), (6, 4, 4), (4,))
+    y = cyconv.conv_transpose1d(x, w, b, stride=2, padding=1, algorithm="im2col")
+    ref = reference.conv_transpose(x, w, b, (2,), ((1, 1),), (0,), 1, (1,))
+    assert_close(y, ref, dtype, what="conv_transpose1d")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_grad_2d_groups_and_dilation(dtype, small_tiles, threads):
+    w, gy = _rng_arrays(dtype, (6, 2, 3, 3), (2, 6, 19, 25))
+    gx = cyconv.grad.conv2d_input((2, 4, 19, 25), w, gy, padding=(1, 2), dilation=(1, 2),
+                                  groups=2, algorithm="im2col")
+    ref = reference.conv_input_grad((2, 4, 19, 25), w, gy, (1, 1), ((1, 1), (2, 2)),
+                                    (1, 2), 2)
+    assert_close(gx, ref, dtype, what="conv2d_input")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_input_grad_3d_strided(dtype, small_tiles, threads):
+    w, gy = _rng_arrays(dtype, (3, 2, 2, 3, 3), (1, 3, 5, 5, 6))
+    size = (1, 2, 8, 10, 12)
+    gx = cyconv.grad.conv3d_input(size, w, gy, stride=2, padding=1, algorithm="im2col")
+    ref = reference.conv_input_grad(size, w, gy, (2, 2, 2), ((1, 1),) * 3, (1, 1, 1), 1)
+    assert_close(gx, ref, dtype, what="conv3d_input")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("n", [1, 3])
+def test_weight_grad_single_long_sample(dtype, n, threads):
+    """One sample with fewer pixel tiles than threads: the rows are split instead."""
+    x, gy = _rng_arrays(dtype, (n, 5, 40), (n, 3, 10))
+    gw = cyconv.grad.conv1d_weight(x, (3, 5, 16), gy, stride=3, padding=2,
+                                   algorithm="im2col")
+    ref = reference.conv_weight_grad(x, (3, 5, 16), gy, (3,), ((2, 2),), (1,), 1)
+    assert_close(gw, ref, dtype, what="conv1d_weight")
+    again = cyconv.grad.conv1d_weight(x, (3, 5, 16), gy, stride=3, padding=2,
+                                      algorithm="im2col")
+    np.testing.assert_array_equal(gw, again)
+
+
+def test_tiles_agree_with_whole_image_to_rounding():
+    x, w = _rng_arrays(np.float64, (2, 8, 500), (8, 4, 5))
+    whole = cyconv.conv_transpose1d(x, w, stride=3, padding=2, algorithm="im2col")
+    mod = _cpu.kernels("im2col")
+    mod.set_tile_bytes(512)
+    try:
+        tiled = cyconv.conv_transpose1d(x, w, stride=3, padding=2, algorithm="im2col")
+    finally:
+        mod.set_tile_bytes(2 * 1024 * 1024)
+    np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)
