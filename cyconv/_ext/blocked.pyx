@@ -25,7 +25,8 @@ Every output element is one fixed-order sum over (channel block, tap, channel), 
 by one thread: results are bit-identical for any thread count and any workspace limit.
 Stride, dilation and padding only change the input offsets, and each micro-kernel call
 runs only the taps that reach real input for its pixels (with finite weights leaving out
-a tap that reads only padding changes no bit), so large dilations cost less, not more.  The input gradient of a unit-stride convolution is the
+a tap that reads only padding changes no bit), so large dilations cost less, not more.
+The input gradient of a unit-stride convolution is the
 same kernel run on the output gradient with flipped, transposed weights (``_cpu.py``).
 """
 from cython.parallel cimport prange
@@ -263,10 +264,12 @@ cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t od, Py_ssize_t oh0,
     With tp.skip a call whose pixels lie near the border runs only the taps that reach
     real input for them (_list_taps); interior calls, told apart by the precomputed
     interior ranges with no division, run every tap."""
-    cdef Py_ssize_t L = q.L, j, jend, oh, r0, r1, c0, c1, cl, nt
+    cdef Py_ssize_t L = q.L, j, jend, oh, r0, r1, c0, cs, c1, cl, nt
     cdef Py_ssize_t tl[MAX_LISTED]
     cdef Py_ssize_t wl[MAX_LISTED]
-    cdef bint skip = tp.skip, dfull = tp.fd0 <= od <= tp.fd1, hfull
+    cdef const Py_ssize_t* toff
+    cdef const Py_ssize_t* woff
+    cdef bint skip = tp.skip, dfull = tp.fd0 <= od <= tp.fd1, hfull, store, full
     if q.wide:
         # pixels j of the plane on rows Wp long; input pixel j at slab row j // Wp - rbase.
         # The call's first pixel is at row r0, column c0 (kept without dividing).
@@ -274,45 +277,40 @@ cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t od, Py_ssize_t oh0,
         j = oh0 * q.Wp
         r0, c0 = oh0, 0
         while j < jend:
+            toff, woff, nt, store = tp.toff, NULL, g.KK, True
             if skip:
                 cl = c0 + _min(CY_UR, jend - j) - 1     # column of the last pixel, on row r0
-                if cl < q.Wp:                            # within one row
-                    r1, c1 = r0, _min(cl, g.OW - 1)
-                else:
-                    r1, c1 = r0 + cl // q.Wp, g.OW - 1
-                if cl >= q.Wp or c0 < g.OW:              # some real pixel to store
-                    if (dfull and tp.fh0 <= r0 and r1 <= tp.fh1
-                            and (cl >= q.Wp or (tp.fw0 <= c0 and c1 <= tp.fw1))):
-                        _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L,
-                               xs, splane, wa, q.wblk, tp.toff, NULL, g.KK, g, q, bias)
-                    else:
-                        nt = _list_taps(tl, wl, tp, g, od, r0, r1,
-                                        0 if cl >= q.Wp else c0, c1)
-                        _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L,
-                               xs, splane, wa, q.wblk, tl, wl, nt, g, q, bias)
-                c0 = c0 + CY_UR
+                if cl < q.Wp:                            # within one row: [c0, c1]
+                    r1, cs, c1 = r0, c0, _min(cl, g.OW - 1)
+                    store = c0 < g.OW                    # else only padding columns
+                    full = tp.fw0 <= c0 and c1 <= tp.fw1
+                else:                                    # across rows: every column
+                    r1, cs, c1 = r0 + cl // q.Wp, 0, g.OW - 1
+                    full = True
+                if store and not (full and dfull and tp.fh0 <= r0 and r1 <= tp.fh1):
+                    nt = _list_taps(tl, wl, tp, g, od, r0, r1, cs, c1)
+                    toff, woff = tl, wl
+                c0 = c0 + CY_UR                          # the next call's first pixel
                 while c0 >= q.Wp:
                     c0 = c0 - q.Wp
                     r0 = r0 + 1
-            else:
+            if store:
                 _micro(ypl, g.P, nk, j, jend, q.Wp, g.OW, xsl + (j - rbase * q.Wp) * L, xs,
-                       splane, wa, q.wblk, tp.toff, NULL, g.KK, g, q, bias)
+                       splane, wa, q.wblk, toff, woff, nt, g, q, bias)
             j = j + CY_UR
     else:
         for oh in range(oh0, oh1):
             hfull = dfull and tp.fh0 <= oh <= tp.fh1
             j = 0
             while j < g.OW:
+                toff, woff, nt = tp.toff, NULL, g.KK
                 c1 = _min(j + CY_UR, g.OW) - 1
-                if not skip or (hfull and tp.fw0 <= j and c1 <= tp.fw1):
-                    _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
-                           xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
-                           splane, wa, q.wblk, tp.toff, NULL, g.KK, g, q, bias)
-                else:
+                if skip and not (hfull and tp.fw0 <= j and c1 <= tp.fw1):
                     nt = _list_taps(tl, wl, tp, g, od, oh, oh, j, c1)
-                    _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
-                           xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
-                           splane, wa, q.wblk, tl, wl, nt, g, q, bias)
+                    toff, woff = tl, wl
+                _micro(ypl + oh * g.OW, g.P, nk, j, g.OW, g.OW, g.OW,
+                       xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs,
+                       splane, wa, q.wblk, toff, woff, nt, g, q, bias)
                 j = j + CY_UR
 
 

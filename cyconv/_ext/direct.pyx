@@ -51,8 +51,8 @@ from cyconv._ext._geom cimport Geom, make_geom
 
 
 cdef enum:
-    PREFETCH = 2048           # bytes: how far ahead of the rows it stages fill_rows prefetches
-    STREAM_WHOLE = 8192       # bytes: depthwise input planes up to this size are staged at once
+    PREFETCH = 2048           # bytes fill_rows prefetches ahead of the rows it stages
+    STREAM_WHOLE = 8192       # bytes: a depthwise input plane this small is staged at once
 
 
 cdef struct Pad:
@@ -327,11 +327,12 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
     # wide: yw[(od*Hp + oh)*Wp + ow]; strided: yw[(od*OH + oh)*OW + ow]; rows: no yw
-    cdef Py_ssize_t span = 0 if rows else (((g.OD - 1) * q.Hp + g.OH) * q.Wp if unit else g.P)
+    cdef Py_ssize_t span = (0 if rows else
+                            ((g.OD - 1) * q.Hp + g.OH) * q.Wp if unit else g.P)
     cdef Py_ssize_t per_thread = g.Cg * q.plane + span
     cdef Py_ssize_t row_step = g.SH * q.Wp, depth_step = g.SD * q.Hp * q.Wp
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, c, k, od, oh, ow, r, filled, need, i
+    cdef Py_ssize_t it, n, gi, c, k, od, oh, ow, r, filled, need
     cdef floating* xp = NULL
     cdef floating* yw
     cdef floating* yk
@@ -358,10 +359,10 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                     if stream:                   # one channel, one output depth
                         oh = 0
                         while oh < g.OH:
-                            r = g.OH - oh if g.OH - oh < step else step
-                            need = (oh + r - 1) * g.SH + (g.KH - 1) * g.DH - g.PH + 1
-                            if need > g.H:
-                                need = g.H
+                            r = _min(step, g.OH - oh)
+                            # input rows that these r output rows read
+                            need = _min(g.H, (oh + r - 1) * g.SH + (g.KH - 1) * g.DH
+                                        - g.PH + 1)
                             if need > filled:
                                 fill_rows(xn, xp, filled, need, &g, &q)
                                 filled = need
@@ -371,7 +372,8 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                                       wk, off, g.KK, g.OW, r, False, bv)
                             oh = oh + r
                     elif rows:                   # the first channel starts from the bias
-                        prefetchw_span(yk + g.P, g.P * <Py_ssize_t> sizeof(floating))  # next plane
+                        # the next output plane, while this one is computed
+                        prefetchw_span(yk + g.P, g.P * <Py_ssize_t> sizeof(floating))
                         for c in range(g.Cg):
                             for od in range(g.OD):
                                 taps_rows(yk + od * g.OH * g.OW, g.OW,

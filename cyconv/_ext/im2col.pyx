@@ -130,7 +130,6 @@ cdef void col2im_nd(const floating* col, floating* x, const Geom* g, Py_ssize_t 
     position, rows in order, pixels in order.
     """
     cdef Py_ssize_t r, c, kd, kh, kw, t, q, od, oh, idd, ih, iw0, lo, hi, j, jlo, jhi, base
-    cdef Py_ssize_t OHW = g.OH * g.OW
     cdef const floating* src
     cdef floating* row
     for r in range(r0, r1):
@@ -257,7 +256,8 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
     # 64 rows still fits the cache tile; the size depends on the shape only, and every
     # image element gets its contributions tile by tile, rows in order within a tile,
     # whatever the row chunking.
-    cdef Py_ssize_t pt = _min(g.P, _max(MIN_TILE, _TILE_BYTES // (_min(cpb * g.KK, 64) * elem)))
+    cdef Py_ssize_t pt = _min(g.P, _max(MIN_TILE,
+                                        _TILE_BYTES // (_min(cpb * g.KK, 64) * elem)))
     cdef Py_ssize_t NT = (g.P + pt - 1) // pt
     cdef Py_ssize_t rows = _max(1, _min(_min(cpb * g.KK, budget // pt),
                                         _max(g.KK, _TILE_BYTES // (pt * elem))))
