@@ -3,7 +3,9 @@
 Forward convolutions with unit width stride and rows of at least one vector write their
 output rows in place with a register-blocked row kernel (3 rows × 4 vectors, or 1 row ×
 8 vectors, the last vector of a row overlapping the one before it); depthwise 1-D/2-D
-layers also stage their input row by row.  Widths around every vector-count boundary,
+layers also stage their input row by row, and those with three unit-spaced kernel rows
+and unit height stride go through ``dw_rows`` (each loaded input vector feeds up to three
+output rows).  Widths around every vector-count boundary,
 heights that leave 0, 1 and 2 rows after the 3-row blocks, height strides, dilation,
 asymmetric padding and bias are checked against the float64 reference, for both dtypes.
 """
@@ -76,3 +78,19 @@ def test_depthwise_large_kernel_and_wide_padding(dtype):
     x, w, b = _arrays(rng, dtype, (2, 5, 9, 37), (5, 1, 7, 7), bias=True)
     _check(x, w, b, dtype, padding=(8, 3), groups=5)
     _check(x, w, b, dtype, padding=((0, 9), (4, 0)), stride=(3, 1), groups=5)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kw", (1, 2, 3, 5))
+def test_depthwise_three_kernel_rows(kw, dtype):
+    """``dw_rows``: kernel widths and width dilations, asymmetric padding, two output
+    channels per input channel, heights leaving every remainder after its 3-row blocks,
+    and planes too large to stage at once (staged three rows at a time)."""
+    rng = np.random.default_rng(300 + kw)
+    for i, (h, width) in enumerate(((1, 8), (2, 9), (4, 17), (5, 33), (6, 40), (7, 63),
+                                    (50, 45), (41, 70))):
+        x, w, b = _arrays(rng, dtype, (2, 3, h, width), (6, 1, 3, kw), bias=i % 2 == 1)
+        _check(x, w, b, dtype, padding=((1, 1), (kw // 2, (kw - 1) // 2)), groups=3)
+        _check(x, w, b, dtype, padding=((2, 0), (kw, 1)), dilation=(1, 3), groups=3)
+        if h >= 3 and width >= kw + 8:          # no padding: OW still a whole vector
+            _check(x, w, b, dtype, groups=3)

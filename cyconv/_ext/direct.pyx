@@ -23,7 +23,9 @@ row by row over the OW real columns.
 * forward: an item is one (sample, group); it pads the group's Cg input planes once and
   produces its Kg output planes one by one.  Rows of at least one vector are written in
   place by ``taps_rows`` (register blocks of 3 rows x 4 vectors; a depthwise plane is
-  staged in one step when small, else a few rows ahead of the rows being computed);
+  staged in one step when small, else a few rows ahead of the rows being computed;
+  depthwise planes with three unit-spaced kernel rows and unit height stride go through
+  ``dw_rows``, which loads each input vector once for all the rows it feeds);
   narrower rows go through the wide grid (the first input channel's sweep overwrites
   it, the others add to it).
 * input gradient (``_cpu.py`` runs the unit-stride ones as forward convolutions of the
@@ -163,6 +165,12 @@ cdef extern from "_simd.h" nogil:
     void cy_taps_rows_d(double* y, Py_ssize_t ys, const double* src, Py_ssize_t ss,
                         const double* wt, const Py_ssize_t* off, Py_ssize_t KK, Py_ssize_t n,
                         Py_ssize_t rows, int acc, double b)
+    void cy_dw_rows_f(float* y, Py_ssize_t ys, const float* src, Py_ssize_t ss,
+                      const float* wt, Py_ssize_t KW, Py_ssize_t dw, Py_ssize_t n,
+                      Py_ssize_t rows, float b)
+    void cy_dw_rows_d(double* y, Py_ssize_t ys, const double* src, Py_ssize_t ss,
+                      const double* wt, Py_ssize_t KW, Py_ssize_t dw, Py_ssize_t n,
+                      Py_ssize_t rows, double b)
     void cy_taps_dot_f(float* out, const float* g, const float* src, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t m)
     void cy_taps_dot_d(double* out, const double* g, const double* src, const Py_ssize_t* off,
@@ -189,6 +197,18 @@ cdef inline void taps_rows(floating* y, Py_ssize_t ys, const floating* src, Py_s
         cy_taps_rows_f(y, ys, src, ss, wt, off, KK, n, rows, acc, b)
     else:
         cy_taps_rows_d(y, ys, src, ss, wt, off, KK, n, rows, acc, b)
+
+
+cdef inline void dw_rows(floating* y, Py_ssize_t ys, const floating* src, Py_ssize_t ss,
+                         const floating* wt, Py_ssize_t KW, Py_ssize_t dw, Py_ssize_t n,
+                         Py_ssize_t rows, floating b) noexcept nogil:
+    """taps_rows for one channel, three kernel rows, unit row stride and dilation:
+    y[r*ys + j] = b + sum_{kh<3, kw} wt[kh*KW + kw] * src[(r + kh)*ss + kw*dw + j]
+    (see _simd.h)."""
+    if floating is float:
+        cy_dw_rows_f(y, ys, src, ss, wt, KW, dw, n, rows, b)
+    else:
+        cy_dw_rows_d(y, ys, src, ss, wt, KW, dw, n, rows, b)
 
 
 cdef inline void taps_dot(floating* out, const floating* gw, const floating* src,
@@ -320,8 +340,10 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef bint rows = g.SW == 1 and g.OW * <Py_ssize_t> sizeof(floating) >= 32
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
     cdef bint stream = rows and g.Cg == 1 and g.D == 1 and g.OD == 1
+    # stream planes of a 3-row kernel, unit row stride and dilation, go through dw_rows
+    cdef bint share = stream and g.SH == 1 and g.DH == 1 and g.KH == 3
     # stream steps: a small plane (at most STREAM_WHOLE bytes) in one, else 3 rows at a
-    # time (a register block of taps_rows)
+    # time (a register block of taps_rows and of dw_rows)
     cdef Py_ssize_t step = (g.OH if g.H * g.W * <Py_ssize_t> sizeof(floating) <= STREAM_WHOLE
                             else 3)
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
@@ -368,8 +390,12 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                                 filled = need
                             prefetchw_span(<char*> (yk + oh * g.OW) + PREFETCH,
                                            r * g.OW * <Py_ssize_t> sizeof(floating))
-                            taps_rows(yk + oh * g.OW, g.OW, xp + oh * row_step, row_step,
-                                      wk, off, g.KK, g.OW, r, False, bv)
+                            if share:
+                                dw_rows(yk + oh * g.OW, g.OW, xp + oh * row_step, row_step,
+                                        wk, g.KW, g.DW, g.OW, r, bv)
+                            else:
+                                taps_rows(yk + oh * g.OW, g.OW, xp + oh * row_step,
+                                          row_step, wk, off, g.KK, g.OW, r, False, bv)
                             oh = oh + r
                     elif rows:                   # the first channel starts from the bias
                         # the next output plane, while this one is computed
