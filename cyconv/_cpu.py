@@ -173,6 +173,11 @@ def conv_backward_input(p, gy, w, b, algorithm):
             gx[...] = np.reshape(b, (1, -1) + (1,) * p.nd)
         return gx
     geom, nt, ws = _launch_args(p, gy.dtype)
+    if algorithm == "direct" and not kernels("direct").all_finite(w.reshape(-1)):
+        # the direct kernels add w * 0 for outputs beyond the real ones (a zero-padded
+        # output gradient, a wide grid): with a NaN or Inf weight that is NaN where the
+        # exact sum has no such term.  im2col sums over real outputs only.
+        algorithm = "im2col"
     if (algorithm == "direct" and input_grad_is_forward(p)
             and not _staging_too_big(p)):
         # the forward kernels are the faster ones: run gx = conv(gy, flipped w)

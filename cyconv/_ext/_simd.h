@@ -36,6 +36,9 @@
  * kh, so the result differs from taps_rows' order in the last bits only.  Five kernel
  * rows (two-row blocks to fit the registers) measured no faster than taps_rows.
  *
+ * fill_check: a copy of rows that also reports NaN or Inf among the copied values;
+ * all_finite: the report alone.
+ *
  * taps_dot:  out[t] += sum_i g[i] * src[off[t] + i]          for every tap t, i in [0, m)
  *
  * The weight gradient of one plane: taps go up to CY_DOT_MAX at a time (a 3x3 kernel in
@@ -252,6 +255,52 @@ static void NAME(T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt, 
 
 CY_DEFINE_DW_ROWS(cy_dw_rows_f, float, cy_v8f, 8)
 CY_DEFINE_DW_ROWS(cy_dw_rows_d, double, cy_v4d, 4)
+
+/* fill_check: dst[r * ds + i] = src[r * n + i] for rows r < R, i < n; nonzero when a
+ * copied value is NaN or +-Inf.  v - v is 0 for every finite v and NaN otherwise: the
+ * per-lane sums stay 0 or turn NaN (two vector operations per copied vector, one
+ * reduction per call); tail elements are compared one by one (no dependent chain).
+ * all_finite: the same test without the copy. */
+#define CY_DEFINE_FILL_CHECK(NAME, T, V, L)                                            \
+static int NAME##_fill_check(T *dst, Py_ssize_t ds, const T *src, Py_ssize_t R,       \
+                             Py_ssize_t n)                                            \
+{                                                                                     \
+    V z = {0};                                                                        \
+    int bad = 0;                                                                      \
+    Py_ssize_t r, i;                                                                  \
+    for (r = 0; r < R; r++, dst += ds, src += n) {                                    \
+        for (i = 0; i + L <= n; i += L) {                                             \
+            V v = *(const V *)(src + i);                                              \
+            *(V *)(dst + i) = v;                                                      \
+            z += v - v;                                                               \
+        }                                                                             \
+        for (; i < n; i++) {                                                          \
+            T v = src[i];                                                             \
+            dst[i] = v;                                                               \
+            bad |= v - v != 0;                                                        \
+        }                                                                             \
+    }                                                                                 \
+    for (i = 0; i < L; i++)                                                           \
+        bad |= z[i] != 0;                                                             \
+    return bad;                                                                       \
+}                                                                                     \
+                                                                                      \
+static int NAME##_all_finite(const T *a, Py_ssize_t n)                                \
+{                                                                                     \
+    V z = {0};                                                                        \
+    int bad = 0;                                                                      \
+    Py_ssize_t i;                                                                     \
+    for (i = 0; i + L <= n; i += L)                                                   \
+        z += *(const V *)(a + i) - *(const V *)(a + i);                               \
+    for (; i < n; i++)                                                                \
+        bad |= a[i] - a[i] != 0;                                                      \
+    for (i = 0; i < L; i++)                                                           \
+        bad |= z[i] != 0;                                                             \
+    return !bad;                                                                      \
+}
+
+CY_DEFINE_FILL_CHECK(cy_f, float, cy_v8f, 8)
+CY_DEFINE_FILL_CHECK(cy_d, double, cy_v4d, 4)
 
 /* Horizontal sum of a vector, lanes added pairwise in a fixed order. */
 #define CY_HSUM(T, L, v) ({                                                           \

@@ -40,7 +40,12 @@ row by row over the OW real columns.
   thread in a fixed order, so the result is bit-identical for any thread count.
 
 Padding taps read real zeros (0 * w), exactly like the im2col path, so NaN and Inf
-weights propagate the same way in both algorithms.
+weights propagate the same way in both algorithms.  The wide grid's extra columns are
+different: they are not padding but products that the exact sums do not have.  In the
+forward pass they are cropped away; the weight gradient multiplies them (zeros of the
+staged output gradient) by input values, so an input plane holding a NaN or Inf (seen
+while it is staged, ``fill_check``) has its taps summed over the real outputs only; and
+``_cpu`` sends input gradients with a non-finite weight to im2col (``all_finite``).
 """
 from cython.parallel cimport prange, parallel, threadid
 from libc.stdlib cimport malloc, free
@@ -83,21 +88,18 @@ cdef Pad make_pad(const Geom* g) noexcept nogil:
     return q
 
 
-cdef void fill_plane(const floating* x, floating* xp, const Geom* g, const Pad* q) noexcept nogil:
-    """xp[PD + d, PH + h, PW + w] = x[d, h, w]: the interior of a padded plane only.
+cdef bint fill_plane(const floating* x, floating* xp, const Geom* g, const Pad* q) noexcept nogil:
+    """xp[PD + d, PH + h, PW + w] = x[d, h, w]: the interior of a padded plane only; True
+    when every copied value is finite.
 
     The padding is never written, so a per-thread buffer zeroed once stays a valid
-    padded plane from one work item to the next (rows are short: a plain loop, not a
-    memcpy call per row)."""
-    cdef Py_ssize_t d, h, i
-    cdef floating* dst
-    cdef const floating* src
+    padded plane from one work item to the next."""
+    cdef Py_ssize_t d
+    cdef int bad = 0
     for d in range(g.D):
-        for h in range(g.H):
-            dst = xp + ((d + g.PD) * q.Hp + h + g.PH) * q.Wp + g.PW
-            src = x + (d * g.H + h) * g.W
-            for i in range(g.W):
-                dst[i] = src[i]
+        bad = bad | fill_check(xp + ((d + g.PD) * q.Hp + g.PH) * q.Wp + g.PW, q.Wp,
+                               x + d * g.H * g.W, g.H, g.W)
+    return bad == 0
 
 
 cdef void fill_rows(const floating* x, floating* xp, Py_ssize_t h0, Py_ssize_t h1,
@@ -171,6 +173,12 @@ cdef extern from "_simd.h" nogil:
     void cy_dw_rows_d(double* y, Py_ssize_t ys, const double* src, Py_ssize_t ss,
                       const double* wt, Py_ssize_t KW, Py_ssize_t dw, Py_ssize_t n,
                       Py_ssize_t rows, double b)
+    int cy_f_fill_check(float* dst, Py_ssize_t ds, const float* src, Py_ssize_t R,
+                        Py_ssize_t n)
+    int cy_d_fill_check(double* dst, Py_ssize_t ds, const double* src, Py_ssize_t R,
+                        Py_ssize_t n)
+    int cy_f_all_finite(const float* a, Py_ssize_t n)
+    int cy_d_all_finite(const double* a, Py_ssize_t n)
     void cy_taps_dot_f(float* out, const float* g, const float* src, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t m)
     void cy_taps_dot_d(double* out, const double* g, const double* src, const Py_ssize_t* off,
@@ -209,6 +217,27 @@ cdef inline void dw_rows(floating* y, Py_ssize_t ys, const floating* src, Py_ssi
         cy_dw_rows_f(y, ys, src, ss, wt, KW, dw, n, rows, b)
     else:
         cy_dw_rows_d(y, ys, src, ss, wt, KW, dw, n, rows, b)
+
+
+cdef inline int fill_check(floating* dst, Py_ssize_t ds, const floating* src, Py_ssize_t R,
+                           Py_ssize_t n) noexcept nogil:
+    """dst[r*ds + i] = src[r*n + i] for r < R, i < n; nonzero if a copied value is NaN or
+    Inf (see _simd.h)."""
+    if floating is float:
+        return cy_f_fill_check(dst, ds, src, R, n)
+    else:
+        return cy_d_fill_check(dst, ds, src, R, n)
+
+
+def all_finite(const floating[::1] a):
+    """True when no element of ``a`` is NaN or Inf (one vectorised pass, no temporary)."""
+    cdef int ok
+    with nogil:
+        if floating is float:
+            ok = cy_f_all_finite(&a[0], a.shape[0]) if a.shape[0] else 1
+        else:
+            ok = cy_d_all_finite(&a[0], a.shape[0]) if a.shape[0] else 1
+    return ok != 0
 
 
 cdef inline void taps_dot(floating* out, const floating* gw, const floating* src,
@@ -261,26 +290,28 @@ cdef void tap_backward(floating* xp, const floating* gw, floating wv, Py_ssize_t
                                                         + wv * src[oh * q.L + j])
 
 
-cdef floating tap_dot(const floating* gw, const floating* xp, Py_ssize_t kd, Py_ssize_t kh,
-                      Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
-    """<gw, padded input under the tap> over the wide grid (gw zero beyond OW)."""
+cdef floating tap_dot(const floating* gw, Py_ssize_t gl, const floating* xp, Py_ssize_t kd,
+                      Py_ssize_t kh, Py_ssize_t kw, const Geom* g, const Pad* q) noexcept nogil:
+    """<gw, padded input under the tap>, gw's rows gl long: the wide grid (gl == q.L, zero
+    beyond OW) or an unstaged output-gradient plane (gl == OW: only real outputs are
+    multiplied, so a NaN or Inf input reaches only the taps that read it)."""
     cdef Py_ssize_t od, oh, j
     cdef const floating* src
     cdef const floating* grow
     cdef floating s = 0, t
     for od in range(g.OD):
         src = xp + ((od * g.SD + kd * g.DD) * q.Hp + kh * g.DH) * q.Wp + kw * g.DW
-        grow = gw + od * g.OH * q.L
-        if g.SW == 1 and g.SH == 1:
+        grow = gw + od * g.OH * gl
+        if g.SW == 1 and g.SH == 1 and gl == q.Wp:
             s = s + dot(grow, src, g.OH * q.Wp)
         elif g.SW == 1:
             for oh in range(g.OH):
-                s = s + dot(grow + oh * q.L, src + oh * g.SH * q.Wp, q.L)
+                s = s + dot(grow + oh * gl, src + oh * g.SH * q.Wp, gl)
         else:
             for oh in range(g.OH):
                 t = 0
                 for j in range(g.OW):
-                    t = t + grow[oh * q.L + j] * src[oh * g.SH * q.Wp + j * g.SW]
+                    t = t + grow[oh * gl + j] * src[oh * g.SH * q.Wp + j * g.SW]
                 s = s + t
     return s
 
@@ -517,6 +548,7 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef const Py_ssize_t* off = &offs[0]
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
     cdef Py_ssize_t ri, it, n, gi, c, k, kd, kh, kw, tap, od
+    cdef bint finite
     cdef floating* xp = NULL
     cdef floating* gyw
     cdef floating* out
@@ -536,10 +568,16 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                     for it in range(ri * run, _min(g.C_img, (ri + 1) * run)):
                         gi = it // g.Cg
                         c = it % g.Cg
-                        fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
+                        finite = fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
                         for k in range(gi * g.Kg, (gi + 1) * g.Kg):
-                            stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
                             out = gwp + k * g.CKK + c * g.KK
+                            if not finite:   # real outputs only: no 0 * Inf from the grid
+                                for tap in range(g.KK):
+                                    out[tap] = out[tap] + tap_dot(
+                                        &gy[n, 0] + k * g.P, g.OW, xp, tap // (g.KH * g.KW),
+                                        tap // g.KW % g.KH, tap % g.KW, &g, &q)
+                                continue
+                            stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
                             if unit:     # every tap at once over each wide output plane
                                 for od in range(g.OD):
                                     taps_dot(out, gyw + od * g.OH * q.L,
@@ -549,7 +587,7 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                                 for kh in range(g.KH):
                                     for kw in range(g.KW):
                                         tap = (kd * g.KH + kh) * g.KW + kw
-                                        out[tap] = out[tap] + tap_dot(gyw, xp, kd, kh, kw,
-                                                                      &g, &q)
+                                        out[tap] = out[tap] + tap_dot(gyw, q.L, xp, kd, kh,
+                                                                      kw, &g, &q)
     finally:
         free(scratch)
