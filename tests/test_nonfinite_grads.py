@@ -122,3 +122,30 @@ def test_inf_weight_reaches_exactly_its_transposed_outputs(stride, algorithm):
     y = cyconv.conv_transpose2d(x, w, stride=stride, padding=1, algorithm=algorithm)
     np.testing.assert_array_equal(y == np.inf, mask)
     assert np.isfinite(y[~mask]).all()
+
+
+@pytest.mark.parametrize("algorithm", ALGORITHMS)
+@pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
+def test_nonfinite_output_grad_matches_the_reference(case, algorithm):
+    """A NaN or Inf in the output gradient: both gradients hold NaN and Inf exactly where
+    the float64 reference does (padding counts as real zeros there, as in the forward
+    pass: Inf * padding is NaN in the weight gradient)."""
+    rng = np.random.default_rng(4)
+    x = _positive(rng, case.x_shape, np.float64)
+    w = _positive(rng, case.w_shape, np.float64)
+    gy0 = _positive(rng, _gy_shape(case), np.float64)
+    for pixel in _pixels(gy0.shape, rng):
+        for value in (np.inf, np.nan):
+            gy = gy0.copy()
+            gy[pixel] = value
+            gw = getattr(grad, f"{case.op}_weight")(x, case.w_shape, gy, **case.kwargs,
+                                                    algorithm=algorithm)
+            gx = getattr(grad, f"{case.op}_input")(case.x_shape, w, gy, **case.kwargs,
+                                                   algorithm=algorithm)
+            with np.errstate(invalid="ignore"):          # Inf * 0 in the reference
+                want_gw = reference.conv_weight_grad(x, case.w_shape, gy, **case.kwargs)
+                want_gx = reference.conv_input_grad(case.x_shape, w, gy, **case.kwargs)
+            for got, want in ((gw, want_gw), (gx, want_gx)):
+                what = f"{case.id} {value} at {pixel}"
+                np.testing.assert_array_equal(np.isnan(got), np.isnan(want), err_msg=what)
+                np.testing.assert_array_equal(np.isinf(got), np.isinf(want), err_msg=what)
