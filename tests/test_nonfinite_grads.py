@@ -63,26 +63,35 @@ def _gy_shape(case):
     return y.shape
 
 
+def _check_reach(clean, rng, reached, run, what):
+    """Each probed position of ``clean`` set to +Inf, then NaN: ``run`` must give that
+    value exactly where ``reached`` (the reference on an indicator of the position) is
+    positive, and finite values everywhere else."""
+    for pos in _pixels(clean.shape, rng):
+        indicator = np.zeros(clean.shape)
+        indicator[pos] = 1.0
+        mask = reached(indicator) > 0
+        for value in (np.inf, np.nan):
+            dirty = clean.copy()
+            dirty[pos] = value
+            got = run(dirty)
+            hit = np.isnan(got) if np.isnan(value) else got == value
+            np.testing.assert_array_equal(hit, mask, err_msg=f"{what} {value} at {pos}")
+            assert np.isfinite(got[~mask]).all(), f"{what} {value} at {pos}"
+
+
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_nonfinite_input_reaches_exactly_its_weight_grads(case, dtype, algorithm):
     rng = np.random.default_rng(1)
-    x = _positive(rng, case.x_shape, dtype)
     gy = _positive(rng, _gy_shape(case), dtype)
     wgrad = getattr(grad, f"{case.op}_weight")
-    for pixel in _pixels(case.x_shape, rng):
-        indicator = np.zeros(case.x_shape)
-        indicator[pixel] = 1.0
-        mask = reference.conv_weight_grad(indicator, case.w_shape, np.ones(gy.shape),
-                                          **case.kwargs) > 0
-        for value in (np.inf, np.nan):
-            xv = x.copy()
-            xv[pixel] = value
-            gw = wgrad(xv, case.w_shape, gy, **case.kwargs, algorithm=algorithm)
-            hit = np.isnan(gw) if np.isnan(value) else gw == value
-            np.testing.assert_array_equal(hit, mask, err_msg=f"{case.id} {value} at {pixel}")
-            assert np.isfinite(gw[~mask]).all(), f"{case.id} {value} at {pixel}"
+    _check_reach(_positive(rng, case.x_shape, dtype), rng,
+                 lambda ind: reference.conv_weight_grad(ind, case.w_shape, np.ones(gy.shape),
+                                                        **case.kwargs),
+                 lambda x: wgrad(x, case.w_shape, gy, **case.kwargs, algorithm=algorithm),
+                 case.id)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)
@@ -90,21 +99,13 @@ def test_nonfinite_input_reaches_exactly_its_weight_grads(case, dtype, algorithm
 @pytest.mark.parametrize("case", CASES, ids=[c.id for c in CASES])
 def test_nonfinite_weight_reaches_exactly_its_input_grads(case, dtype, algorithm):
     rng = np.random.default_rng(2)
-    w = _positive(rng, case.w_shape, dtype)
     gy = _positive(rng, _gy_shape(case), dtype)
     igrad = getattr(grad, f"{case.op}_input")
-    for tap in _pixels(case.w_shape, rng):
-        indicator = np.zeros(case.w_shape)
-        indicator[tap] = 1.0
-        mask = reference.conv_input_grad(case.x_shape, indicator, np.ones(gy.shape),
-                                         **case.kwargs) > 0
-        for value in (np.inf, np.nan):
-            wv = w.copy()
-            wv[tap] = value
-            gx = igrad(case.x_shape, wv, gy, **case.kwargs, algorithm=algorithm)
-            hit = np.isnan(gx) if np.isnan(value) else gx == value
-            np.testing.assert_array_equal(hit, mask, err_msg=f"{case.id} {value} at {tap}")
-            assert np.isfinite(gx[~mask]).all(), f"{case.id} {value} at {tap}"
+    _check_reach(_positive(rng, case.w_shape, dtype), rng,
+                 lambda ind: reference.conv_input_grad(case.x_shape, ind, np.ones(gy.shape),
+                                                       **case.kwargs),
+                 lambda w: igrad(case.x_shape, w, gy, **case.kwargs, algorithm=algorithm),
+                 case.id)
 
 
 @pytest.mark.parametrize("algorithm", ALGORITHMS)

@@ -108,6 +108,21 @@ static void NAME(T *y, const T *src, const T *wt, const Py_ssize_t *off,        
 CY_DEFINE_TAPS_ACC(cy_taps_acc_f, float, cy_v8f, 8)
 CY_DEFINE_TAPS_ACC(cy_taps_acc_d, double, cy_v4d, 4)
 
+/* The register blocks of taps_rows and dw_rows along a row of nv vectors: the block
+ * starting at vector i takes U vectors (at most umax, the last two of a row kept
+ * together), and its last vector starts dl elements after the block, clamped so that
+ * it ends at the row's end n. */
+static inline Py_ssize_t cy_block_vectors(Py_ssize_t nv, Py_ssize_t i, Py_ssize_t umax)
+{
+    Py_ssize_t U = nv - i < umax ? nv - i : umax;
+    return nv - i - U == 1 ? U - 1 : U;
+}
+
+static inline Py_ssize_t cy_block_tail(Py_ssize_t i, Py_ssize_t U, Py_ssize_t n, Py_ssize_t L)
+{
+    return (i + U - 1) * L < n - L ? (U - 1) * L : n - L - i * L;
+}
+
 /* One register block of taps_rows: R rows x U vectors, at columns c0 + u * L for
  * u < U - 1 and c0 + dl for the last one (dl <= (U - 1) * L: the clamped tail vector).
  * Inlined with constant R and U, so the accumulators live in registers and every load
@@ -155,11 +170,9 @@ static void NAME(T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt, 
         R = rows - r0 >= 3 ? 3 : rows - r0;                                           \
         umax = R == 1 ? 8 : 4;                                                        \
         for (i = 0; i < nv; i += U) {                                                 \
-            U = nv - i < umax ? nv - i : umax;                                        \
-            if (nv - i - U == 1)            /* keep the last two vectors together */  \
-                U -= 1;                                                               \
+            U = cy_block_vectors(nv, i, umax);                                        \
             c0 = i * L;                                                               \
-            dl = (i + U - 1) * L < n - L ? (U - 1) * L : n - L - c0;                  \
+            dl = cy_block_tail(i, U, n, L);                                           \
             T *yr = y + r0 * ys;                                                      \
             const T *sr = src + r0 * ss;                                              \
             switch (R * 16 + U) {                                                     \
@@ -227,11 +240,9 @@ static void NAME(T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt, 
     while (r0 < rows) {                                                               \
         R = rows - r0 >= 3 ? 3 : rows - r0;                                           \
         for (i = 0; i < nv; i += U) {                                                 \
-            U = nv - i < 4 ? nv - i : 4;                                              \
-            if (nv - i - U == 1)            /* keep the last two vectors together */  \
-                U -= 1;                                                               \
+            U = cy_block_vectors(nv, i, 4);                                           \
             c0 = i * L;                                                               \
-            dl = (i + U - 1) * L < n - L ? (U - 1) * L : n - L - c0;                  \
+            dl = cy_block_tail(i, U, n, L);                                           \
             T *yr = y + r0 * ys;                                                      \
             const T *sr = src + r0 * ss;                                              \
             switch (R * 16 + U) {                                                     \
