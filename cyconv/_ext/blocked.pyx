@@ -30,7 +30,6 @@ The input gradient of a unit-stride convolution is the
 same kernel run on the output gradient with flipped, transposed weights (``_cpu.py``).
 """
 from cython.parallel cimport prange
-from libc.math cimport isfinite
 from libc.stdlib cimport malloc, free
 from libc.string cimport memset
 
@@ -60,6 +59,11 @@ cdef extern from "_blocked.h" nogil:
                     Py_ssize_t xs, Py_ssize_t xcs, const double* w0, Py_ssize_t wcs,
                     const Py_ssize_t* toff, const Py_ssize_t* woff, Py_ssize_t KK,
                     Py_ssize_t CB, const double* bias)
+
+
+cdef extern from "_simd.h" nogil:
+    int cy_f_all_finite(const float* a, Py_ssize_t n)
+    int cy_d_all_finite(const double* a, Py_ssize_t n)
 
 
 UR = CY_UR
@@ -409,10 +413,10 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
         _interior(g.SD, g.DD, g.PD, g.D, g.KD, &tp.fd0, &tp.fd1)
         _interior(g.SH, g.DH, g.PH, g.H, g.KH, &tp.fh0, &tp.fh1)
         _interior(g.SW, g.DW, g.PW, g.W, g.KW, &tp.fw0, &tp.fw1)
-        for k in range(w.shape[0]):
-            for c in range(w.shape[1]):
-                if not isfinite(w[k, c]):
-                    tp.skip = False
+        if floating is float:
+            tp.skip = tp.skip and cy_f_all_finite(&w[0, 0], w.shape[0] * w.shape[1])
+        else:
+            tp.skip = tp.skip and cy_d_all_finite(&w[0, 0], w.shape[0] * w.shape[1])
         for n0 in range(0, N, NC):
             nc = _min(NC, N - n0)
             for o0 in range(0, OO, OC):

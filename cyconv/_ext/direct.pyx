@@ -547,8 +547,9 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t ri, it, n, gi, c, k, kd, kh, kw, tap, od
+    cdef Py_ssize_t ri, it, n, gi, c, k, kd, kh, kw, tap, od, gl
     cdef bint finite
+    cdef const floating* grid
     cdef floating* xp = NULL
     cdef floating* gyw
     cdef floating* out
@@ -571,23 +572,22 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                         finite = fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
                         for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                             out = gwp + k * g.CKK + c * g.KK
-                            if not finite:   # real outputs only: no 0 * Inf from the grid
-                                for tap in range(g.KK):
-                                    out[tap] = out[tap] + tap_dot(
-                                        &gy[n, 0] + k * g.P, g.OW, xp, tap // (g.KH * g.KW),
-                                        tap // g.KW % g.KH, tap % g.KW, &g, &q)
-                                continue
-                            stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
-                            if unit:     # every tap at once over each wide output plane
-                                for od in range(g.OD):
-                                    taps_dot(out, gyw + od * g.OH * q.L,
-                                             xp + od * q.Hp * q.Wp, off, g.KK, g.OH * q.Wp)
-                                continue
+                            if finite:
+                                stage_wide(&gy[n, 0] + k * g.P, gyw, &g, &q)
+                                if unit:  # every tap at once over each wide output plane
+                                    for od in range(g.OD):
+                                        taps_dot(out, gyw + od * g.OH * q.L,
+                                                 xp + od * q.Hp * q.Wp, off, g.KK,
+                                                 g.OH * q.Wp)
+                                    continue
+                                grid, gl = gyw, q.L
+                            else:        # real outputs only: no 0 * Inf from the grid
+                                grid, gl = &gy[n, 0] + k * g.P, g.OW
                             for kd in range(g.KD):
                                 for kh in range(g.KH):
                                     for kw in range(g.KW):
                                         tap = (kd * g.KH + kh) * g.KW + kw
-                                        out[tap] = out[tap] + tap_dot(gyw, q.L, xp, kd, kh,
+                                        out[tap] = out[tap] + tap_dot(grid, gl, xp, kd, kh,
                                                                       kw, &g, &q)
     finally:
         free(scratch)
