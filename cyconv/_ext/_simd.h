@@ -39,6 +39,13 @@
  * fill_check: a copy of rows that also reports NaN or Inf among the copied values;
  * all_finite: the report alone.
  *
+ * gather2:   dst[j] = src[2 * j]   for j in [0, n)
+ * scatter2:  dst[2 * j] += src[j]  for j in [0, n)
+ *
+ * The im2col rows of a width-stride-2 convolution (every stride-2 layer: stems,
+ * downsampling blocks) and their col2im adjoint: two vector loads or stores and a few
+ * lane shuffles per vector instead of a scalar access per element.
+ *
  * taps_dot:  out[t] += sum_i g[i] * src[off[t] + i]          for every tap t, i in [0, m)
  *
  * The weight gradient of one plane: taps go up to CY_DOT_MAX at a time (a 3x3 kernel in
@@ -312,6 +319,60 @@ static int NAME##_all_finite(const T *a, Py_ssize_t n)                          
 
 CY_DEFINE_FILL_CHECK(cy_f, float, cy_v8f, 8)
 CY_DEFINE_FILL_CHECK(cy_d, double, cy_v4d, 4)
+
+/* Lane shuffles of two vectors (indices into their concatenation). */
+#if defined(__clang__)
+#define CY_SHUF8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+    __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
+#define CY_SHUF4(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
+#else
+typedef int cy_v8i __attribute__((vector_size(32)));
+typedef long long cy_v4l __attribute__((vector_size(32)));
+#define CY_SHUF8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
+    __builtin_shuffle(a, b, (cy_v8i){i0, i1, i2, i3, i4, i5, i6, i7})
+#define CY_SHUF4(a, b, i0, i1, i2, i3) __builtin_shuffle(a, b, (cy_v4l){i0, i1, i2, i3})
+#endif
+/* even lanes of a:b; c's lanes doubled (low and high half); even lanes of s, odd of a */
+#define CY_EVEN_f(a, b) CY_SHUF8(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
+#define CY_DUPLO_f(c) CY_SHUF8(c, c, 0, 0, 1, 1, 2, 2, 3, 3)
+#define CY_DUPHI_f(c) CY_SHUF8(c, c, 4, 4, 5, 5, 6, 6, 7, 7)
+#define CY_MIX_f(s, a) CY_SHUF8(s, a, 0, 9, 2, 11, 4, 13, 6, 15)
+#define CY_EVEN_d(a, b) CY_SHUF4(a, b, 0, 2, 4, 6)
+#define CY_DUPLO_d(c) CY_SHUF4(c, c, 0, 0, 1, 1)
+#define CY_DUPHI_d(c) CY_SHUF4(c, c, 2, 2, 3, 3)
+#define CY_MIX_d(s, a) CY_SHUF4(s, a, 0, 5, 2, 7)
+
+/* gather2 and scatter2: a vector of src (dst) values spans 2L of dst (src), the last
+ * one unused, so the vector loops stop one element early and the scalar loops finish:
+ * nothing beyond [0, 2n - 1) of the strided side is ever read or written.  scatter2
+ * writes the odd lanes back unchanged (a blend, not an add of zero: -0 stays -0). */
+#define CY_DEFINE_STRIDE2(S, T, V, L)                                                  \
+static void cy_gather2_##S(T *dst, const T *src, Py_ssize_t n)                        \
+{                                                                                     \
+    Py_ssize_t j = 0;                                                                 \
+    for (; j + L < n; j += L)                                                         \
+        *(V *)(dst + j) = CY_EVEN_##S(*(const V *)(src + 2 * j),                      \
+                                      *(const V *)(src + 2 * j + L));                 \
+    for (; j < n; j++)                                                                \
+        dst[j] = src[2 * j];                                                          \
+}                                                                                     \
+                                                                                      \
+static void cy_scatter2_##S(T *dst, const T *src, Py_ssize_t n)                       \
+{                                                                                     \
+    Py_ssize_t j = 0;                                                                 \
+    for (; j + L < n; j += L) {                                                       \
+        V c = *(const V *)(src + j);                                                  \
+        V a = *(const V *)(dst + 2 * j), b = *(const V *)(dst + 2 * j + L);           \
+        V sa = a + (V)CY_DUPLO_##S(c), sb = b + (V)CY_DUPHI_##S(c);                   \
+        *(V *)(dst + 2 * j) = CY_MIX_##S(sa, a);                                      \
+        *(V *)(dst + 2 * j + L) = CY_MIX_##S(sb, b);                                  \
+    }                                                                                 \
+    for (; j < n; j++)                                                                \
+        dst[2 * j] += src[j];                                                         \
+}
+
+CY_DEFINE_STRIDE2(f, float, cy_v8f, 8)
+CY_DEFINE_STRIDE2(d, double, cy_v4d, 4)
 
 /* Horizontal sum of a vector, lanes added pairwise in a fixed order. */
 #define CY_HSUM(T, L, v) ({                                                           \
