@@ -94,3 +94,26 @@ def test_depthwise_three_kernel_rows(kw, dtype):
         _check(x, w, b, dtype, padding=((2, 0), (kw, 1)), dilation=(1, 3), groups=3)
         if h >= 3 and width >= kw + 8:          # no padding: OW still a whole vector
             _check(x, w, b, dtype, groups=3)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", (4, 5, 8, 9, 12, 15, 16, 17, 24, 28, 31, 33, 40, 56, 65))
+def test_depthwise_same3_reads_x_in_place(width, dtype):
+    """``dw_same3`` (3x3, padding 1, unit strides): the padding comes from a zero row
+    and from zero lanes shifted into the first and last vector of each row, not from a
+    staged copy.  Every width around the vector counts (one vector holding both edges
+    included), heights leaving every remainder after the 3-row blocks, a channel
+    multiplier, bias; NaN in the outermost input columns and rows reaches exactly the
+    outputs whose windows hold it."""
+    rng = np.random.default_rng(400 + width)
+    for i, h in enumerate((1, 2, 3, 4, 5, 8, 29)):
+        x, w, b = _arrays(rng, dtype, (2, 3, h, width), (6, 1, 3, 3), bias=i % 2 == 0)
+        _check(x, w, b, dtype, padding=1, groups=3)
+    x, w, b = _arrays(rng, dtype, (1, 2, 6, width), (2, 1, 3, 3), bias=True)
+    x[0, 0, :, 0] = np.nan                     # left column of channel 0
+    x[0, 1, -1, -1] = np.nan                   # bottom-right corner of channel 1
+    y = cyconv.conv2d(x, w, b, padding=1, groups=2, algorithm="direct")
+    expect = np.zeros(y.shape, bool)
+    expect[0, 0, :, :2] = True
+    expect[0, 1, -2:, -2:] = True
+    assert np.array_equal(np.isnan(y), expect)

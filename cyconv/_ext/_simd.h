@@ -374,6 +374,104 @@ static void cy_scatter2_##S(T *dst, const T *src, Py_ssize_t n)                 
 CY_DEFINE_STRIDE2(f, float, cy_v8f, 8)
 CY_DEFINE_STRIDE2(d, double, cy_v4d, 4)
 
+/* dw_same3: one depthwise 3x3 "same" plane (unit strides and dilation, padding 1 on
+ * every side, H x W in, H x W out), read straight from x with no staged copy:
+ *     y[h, j] = b + sum_{kh, kw < 3} wt[kh * 3 + kw] * x[h + kh - 1, j + kw - 1]
+ * Blocks as in dw_rows (up to 3 rows x 4 vectors, kw outermost, each input vector
+ * loaded once for every output row it feeds).  The padding is never stored: input rows
+ * above and below the plane are the zero row `zero` (W elements), and the columns -1
+ * and W are shifted in as zero lanes (CY_SHR1_* / CY_SHL1_*: the first vector's kw = 0
+ * input is x[0:L] moved one lane up, the last vector's kw = 2 input is x[W-L:W] moved
+ * one lane down), so nothing outside x's rows is ever read.  W >= L. */
+#define CY_SHR1_f(v, z) CY_SHUF8(z, v, 0, 8, 9, 10, 11, 12, 13, 14)
+#define CY_SHL1_f(v, z) CY_SHUF8(v, z, 1, 2, 3, 4, 5, 6, 7, 8)
+#define CY_SHR1_d(v, z) CY_SHUF4(z, v, 0, 4, 5, 6)
+#define CY_SHL1_d(v, z) CY_SHUF4(v, z, 1, 2, 3, 4)
+
+#ifndef CY_DW_AHEAD
+#define CY_DW_AHEAD 2048
+#endif
+#define CY_DEFINE_DW_SAME3(S, T, V, L)                                                 \
+static inline __attribute__((always_inline)) void cy_dw_same3_blk_##S(                 \
+    T *y, Py_ssize_t ys, const T *const *row, const T *wt, Py_ssize_t c0,             \
+    Py_ssize_t dl, T b, const int R, const int U, const int LEFT, const int RIGHT)    \
+{                                                                                     \
+    V a[3][4], w[3], z = {0};                                                         \
+    int r, u, i, k, kw;                                                               \
+    _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                                   \
+        _Pragma("GCC unroll 4") for (u = 0; u < U; u++)                               \
+            a[r][u] = (V){0} + b;                                                     \
+    _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++) {                              \
+        _Pragma("GCC unroll 3") for (k = 0; k < 3; k++)                               \
+            w[k] = (V){0} + wt[k * 3 + kw];                                           \
+        _Pragma("GCC unroll 5") for (i = 0; i < R + 2; i++)                           \
+            _Pragma("GCC unroll 4") for (u = 0; u < U; u++) {                         \
+                const T *s = row[i] + c0 + (u == U - 1 ? dl : u * L);                 \
+                V v;                                                                  \
+                if (LEFT && u == 0 && kw == 0)                                        \
+                    v = CY_SHR1_##S(*(const V *)s, z);                                \
+                else if (RIGHT && u == U - 1 && kw == 2)                              \
+                    v = CY_SHL1_##S(*(const V *)s, z);                                \
+                else                                                                  \
+                    v = *(const V *)(s + kw - 1);                                     \
+                _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                       \
+                    if (i - r >= 0 && i - r < 3)                                      \
+                        a[r][u] += w[i - r] * v;                                      \
+            }                                                                         \
+    }                                                                                 \
+    _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                                   \
+        _Pragma("GCC unroll 4") for (u = 0; u < U; u++)                               \
+            *(V *)(y + r * ys + c0 + (u == U - 1 ? dl : u * L)) = a[r][u];            \
+}                                                                                     \
+                                                                                      \
+static void cy_dw_same3_##S(T *y, const T *x, const T *zero, Py_ssize_t H,            \
+                            Py_ssize_t W, const T *wt, T b)                           \
+{                                                                                     \
+    const Py_ssize_t nv = (W + L - 1) / L;                                            \
+    const T *row[5];                                                                  \
+    Py_ssize_t r0, i, R, U, c0, dl, h;                                                \
+    for (r0 = 0; r0 < H; r0 += R) {                                                   \
+        R = H - r0 >= 3 ? 3 : H - r0;                                                 \
+        for (i = 0; i < R + 2; i++) {                                                 \
+            h = r0 + i - 1;                                                           \
+            row[i] = h >= 0 && h < H ? x + h * W : zero;                              \
+        }                                                                             \
+        /* the rows CY_DW_AHEAD bytes on (into the next plane near the end) */       \
+        for (i = 0; i < R * W * (Py_ssize_t)sizeof(T); i += 64) {                     \
+            cy_prefetch((const char *)(x + (r0 + 2) * W) + CY_DW_AHEAD + i);          \
+            cy_prefetchw((char *)(y + r0 * W) + CY_DW_AHEAD + i);                     \
+        }                                                                             \
+        for (i = 0; i < nv; i += U) {                                                 \
+            U = cy_block_vectors(nv, i, 4);                                           \
+            c0 = i * L;                                                               \
+            dl = cy_block_tail(i, U, W, L);                                           \
+            T *yr = y + r0 * W;                                                       \
+            switch ((R * 16 + U) * 4 + (i == 0) * 2 + (i + U == nv)) {                \
+            CY_DW_SAME3_EDGES(S, 3, 4) CY_DW_SAME3_EDGES(S, 3, 3)                      \
+            CY_DW_SAME3_EDGES(S, 3, 2) CY_DW_SAME3_EDGES(S, 3, 1)                      \
+            CY_DW_SAME3_EDGES(S, 2, 4) CY_DW_SAME3_EDGES(S, 2, 3)                      \
+            CY_DW_SAME3_EDGES(S, 2, 2) CY_DW_SAME3_EDGES(S, 2, 1)                      \
+            CY_DW_SAME3_EDGES(S, 1, 4) CY_DW_SAME3_EDGES(S, 1, 3)                      \
+            CY_DW_SAME3_EDGES(S, 1, 2) CY_DW_SAME3_EDGES(S, 1, 1)                      \
+            }                                                                         \
+        }                                                                             \
+    }                                                                                 \
+}
+
+/* the four edge variants of one (R, U) block shape */
+#define CY_DW_SAME3_EDGES(S, R_, U_)                                                   \
+    case (R_ * 16 + U_) * 4 + 0:                                                      \
+        cy_dw_same3_blk_##S(yr, W, row, wt, c0, dl, b, R_, U_, 0, 0); break;          \
+    case (R_ * 16 + U_) * 4 + 1:                                                      \
+        cy_dw_same3_blk_##S(yr, W, row, wt, c0, dl, b, R_, U_, 0, 1); break;          \
+    case (R_ * 16 + U_) * 4 + 2:                                                      \
+        cy_dw_same3_blk_##S(yr, W, row, wt, c0, dl, b, R_, U_, 1, 0); break;          \
+    case (R_ * 16 + U_) * 4 + 3:                                                      \
+        cy_dw_same3_blk_##S(yr, W, row, wt, c0, dl, b, R_, U_, 1, 1); break;
+
+CY_DEFINE_DW_SAME3(f, float, cy_v8f, 8)
+CY_DEFINE_DW_SAME3(d, double, cy_v4d, 4)
+
 /* Horizontal sum of a vector, lanes added pairwise in a fixed order. */
 #define CY_HSUM(T, L, v) ({                                                           \
     T h_[L]; int l_, s_;                                                              \

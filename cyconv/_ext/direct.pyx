@@ -25,7 +25,9 @@ row by row over the OW real columns.
   place by ``taps_rows`` (register blocks of 3 rows x 4 vectors; a depthwise plane is
   staged in one step when small, else a few rows ahead of the rows being computed;
   depthwise planes with three unit-spaced kernel rows and unit height stride go through
-  ``dw_rows``, which loads each input vector once for all the rows it feeds);
+  ``dw_rows``, which loads each input vector once for all the rows it feeds; the 3x3
+  'same' ones, MobileNet's, skip the staging too: ``dw_same3`` reads x in place, with a
+  zero row and shifted-in zero lanes for the padding);
   narrower rows go through the wide grid (the first input channel's sweep overwrites
   it, the others add to it).
 * input gradient (``_cpu.py`` runs the unit-stride ones as forward convolutions of the
@@ -173,6 +175,10 @@ cdef extern from "_simd.h" nogil:
     void cy_dw_rows_d(double* y, Py_ssize_t ys, const double* src, Py_ssize_t ss,
                       const double* wt, Py_ssize_t KW, Py_ssize_t dw, Py_ssize_t n,
                       Py_ssize_t rows, double b)
+    void cy_dw_same3_f(float* y, const float* x, const float* zero, Py_ssize_t H,
+                       Py_ssize_t W, const float* wt, float b)
+    void cy_dw_same3_d(double* y, const double* x, const double* zero, Py_ssize_t H,
+                       Py_ssize_t W, const double* wt, double b)
     int cy_f_fill_check(float* dst, Py_ssize_t ds, const float* src, Py_ssize_t R,
                         Py_ssize_t n)
     int cy_d_fill_check(double* dst, Py_ssize_t ds, const double* src, Py_ssize_t R,
@@ -217,6 +223,17 @@ cdef inline void dw_rows(floating* y, Py_ssize_t ys, const floating* src, Py_ssi
         cy_dw_rows_f(y, ys, src, ss, wt, KW, dw, n, rows, b)
     else:
         cy_dw_rows_d(y, ys, src, ss, wt, KW, dw, n, rows, b)
+
+
+cdef inline void dw_same3(floating* y, const floating* x, const floating* zero,
+                          Py_ssize_t H, Py_ssize_t W, const floating* wt,
+                          floating b) noexcept nogil:
+    """One depthwise 3x3 'same' plane straight from x (no staging; see _simd.h):
+    y[h, j] = b + sum_{kh, kw} wt[kh*3 + kw] * x[h + kh - 1, j + kw - 1], zero outside."""
+    if floating is float:
+        cy_dw_same3_f(y, x, zero, H, W, wt, b)
+    else:
+        cy_dw_same3_d(y, x, zero, H, W, wt, b)
 
 
 cdef inline int fill_check(floating* dst, Py_ssize_t ds, const floating* src, Py_ssize_t R,
@@ -373,6 +390,9 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef bint stream = rows and g.Cg == 1 and g.D == 1 and g.OD == 1
     # stream planes of a 3-row kernel, unit row stride and dilation, go through dw_rows
     cdef bint share = stream and g.SH == 1 and g.DH == 1 and g.KH == 3
+    # ... and of those, the 3x3 'same' ones read x in place (dw_same3)
+    cdef bint same3 = (share and g.KW == 3 and g.SW == 1 and g.DW == 1 and g.PH == 1
+                       and g.PW == 1 and g.OH == g.H and g.OW == g.W)
     # stream steps: a small plane (at most STREAM_WHOLE bytes) in one, else 3 rows at a
     # time (a register block of taps_rows and of dw_rows)
     cdef Py_ssize_t step = (g.OH if g.H * g.W * <Py_ssize_t> sizeof(floating) <= STREAM_WHOLE
@@ -402,14 +422,16 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                 gi = it % g.G
                 xn = &x[n, 0] + gi * g.Cg * g.img_plane
                 filled = 0                       # input rows staged so far (stream)
-                if not stream:
+                if not stream:                   # (same3 is a stream case)
                     for c in range(g.Cg):
                         fill_plane(xn + c * g.img_plane, xp + c * q.plane, &g, &q)
                 for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                     wk = &w[k, 0]
                     bv = b[k] if has_bias else 0
                     yk = &y[n, 0] + k * g.P
-                    if stream:                   # one channel, one output depth
+                    if same3:                    # xp is all zeros: the padding rows
+                        dw_same3(yk, xn, xp, g.H, g.W, wk, bv)
+                    elif stream:                 # one channel, one output depth
                         oh = 0
                         while oh < g.OH:
                             r = _min(step, g.OH - oh)
