@@ -117,3 +117,61 @@ def test_depthwise_same3_reads_x_in_place(width, dtype):
     expect[0, 0, :, :2] = True
     expect[0, 1, -2:, -2:] = True
     assert np.array_equal(np.isnan(y), expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", (4, 8, 9, 12, 16, 17, 23, 28, 33, 56))
+def test_depthwise_same3_weight_grad(width, dtype):
+    """``dw_same3_dot``: the weight gradient of 3x3 'same' depthwise planes, read in
+    place (blocks of up to 3 rows; the last vector of a row overlaps the one before it,
+    its shared lanes masked off).  Heights leaving every remainder, a channel multiplier;
+    then +Inf in each of the last 9 input columns in turn reaches exactly the taps that
+    read it (the masked lanes must add +0, not 0 * Inf), and +Inf in each of the last 9
+    output-gradient columns gives Inf and NaN (Inf * padding) exactly where the float64
+    reference does."""
+    rng = np.random.default_rng(500 + width)
+    for h in (1, 2, 3, 4, 5, 8, 29):
+        x, w, _ = _arrays(rng, dtype, (2, 3, h, width), (6, 1, 3, 3), bias=False)
+        gy = rng.standard_normal((2, 6, h, width)).astype(dtype)
+        gw = cyconv.grad.conv2d_weight(x, w.shape, gy, padding=1, groups=3,
+                                       algorithm="direct")
+        ref = reference.conv_weight_grad(x, w.shape, gy, padding=1, groups=3)
+        assert_close(gw, ref, dtype, what=f"x{x.shape}")
+    x = rng.uniform(0.5, 1.0, (1, 1, 4, width)).astype(dtype)
+    gy = rng.uniform(0.5, 1.0, (1, 1, 4, width)).astype(dtype)
+    for col in range(max(0, width - 9), width):
+        dirty = x.copy()
+        dirty[0, 0, 2, col] = np.inf
+        indicator = np.zeros(x.shape)
+        indicator[0, 0, 2, col] = 1.0
+        reached = reference.conv_weight_grad(indicator, (1, 1, 3, 3), np.ones(gy.shape),
+                                             padding=1) > 0
+        gw = cyconv.grad.conv2d_weight(dirty, (1, 1, 3, 3), gy, padding=1,
+                                       algorithm="direct")
+        np.testing.assert_array_equal(gw == np.inf, reached, err_msg=f"Inf at column {col}")
+        assert np.isfinite(gw[~reached]).all()
+        dirty = gy.copy()
+        dirty[0, 0, 2, col] = np.inf
+        with np.errstate(invalid="ignore"):          # Inf * padding in the reference
+            ref = reference.conv_weight_grad(x, (1, 1, 3, 3), dirty, padding=1)
+        gw = cyconv.grad.conv2d_weight(x, (1, 1, 3, 3), dirty, padding=1, algorithm="direct")
+        for test in (np.isnan, np.isposinf):
+            np.testing.assert_array_equal(test(gw), test(ref),
+                                          err_msg=f"{test.__name__}, gy Inf at column {col}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_depthwise_3d_one_deep_is_not_a_2d_plane(dtype):
+    """A one-deep 3-D depthwise input with a 3-deep kernel and depth padding 1 has one
+    output depth, like a 2-D plane, but its kernel's outer depth taps read padding: the
+    2-D row kernels (dw_rows, and the in-place dw_same3, dw_same3_dot) must not take it."""
+    rng = np.random.default_rng(7)
+    x, w, b = _arrays(rng, dtype, (2, 3, 1, 6, 10), (3, 1, 3, 3, 3), bias=True)
+    _check(x, w, b, dtype, padding=1, groups=3)
+    gy = rng.standard_normal((2, 3, 1, 6, 10)).astype(dtype)
+    gx = cyconv.grad.conv3d_input(x.shape, w, gy, padding=1, groups=3, algorithm="direct")
+    assert_close(gx, reference.conv_input_grad(x.shape, w, gy, padding=1, groups=3), dtype,
+                 what="conv3d_input")
+    gw = cyconv.grad.conv3d_weight(x, w.shape, gy, padding=1, groups=3, algorithm="direct")
+    assert_close(gw, reference.conv_weight_grad(x, w.shape, gy, padding=1, groups=3), dtype,
+                 what="conv3d_weight")

@@ -34,6 +34,9 @@ CASES = [
     ConvCase(2, 2, 3, 3, 3, (6, 13), (3, 3)),
     # two output channels per input channel, padding 1
     ConvCase(2, 2, 3, 6, 3, (7, 12), (3, 3), padding=1),
+    # depthwise 3x3 'same', rows of 1-2 vectors (dw_same3 / dw_same3_dot, in place)
+    ConvCase(2, 2, 3, 3, 3, (5, 13), (3, 3), padding=1),
+    ConvCase(2, 2, 2, 4, 2, (4, 8), (3, 3), padding="same"),
     # dense, 8 channels: the channel-blocked forward kernel serves 'direct' input grads
     ConvCase(2, 1, 8, 8, 1, (6, 11), (3, 3)),
     # unit width stride, height stride 2, width dilation

@@ -321,13 +321,13 @@ CY_DEFINE_FILL_CHECK(cy_f, float, cy_v8f, 8)
 CY_DEFINE_FILL_CHECK(cy_d, double, cy_v4d, 4)
 
 /* Lane shuffles of two vectors (indices into their concatenation). */
+typedef int cy_v8i __attribute__((vector_size(32)));
+typedef long long cy_v4l __attribute__((vector_size(32)));
 #if defined(__clang__)
 #define CY_SHUF8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
     __builtin_shufflevector(a, b, i0, i1, i2, i3, i4, i5, i6, i7)
 #define CY_SHUF4(a, b, i0, i1, i2, i3) __builtin_shufflevector(a, b, i0, i1, i2, i3)
 #else
-typedef int cy_v8i __attribute__((vector_size(32)));
-typedef long long cy_v4l __attribute__((vector_size(32)));
 #define CY_SHUF8(a, b, i0, i1, i2, i3, i4, i5, i6, i7) \
     __builtin_shuffle(a, b, (cy_v8i){i0, i1, i2, i3, i4, i5, i6, i7})
 #define CY_SHUF4(a, b, i0, i1, i2, i3) __builtin_shuffle(a, b, (cy_v4l){i0, i1, i2, i3})
@@ -472,6 +472,7 @@ static void cy_dw_same3_##S(T *y, const T *x, const T *zero, Py_ssize_t H,      
 CY_DEFINE_DW_SAME3(f, float, cy_v8f, 8)
 CY_DEFINE_DW_SAME3(d, double, cy_v4d, 4)
 
+
 /* Horizontal sum of a vector, lanes added pairwise in a fixed order. */
 #define CY_HSUM(T, L, v) ({                                                           \
     T h_[L]; int l_, s_;                                                              \
@@ -480,6 +481,93 @@ CY_DEFINE_DW_SAME3(d, double, cy_v4d, 4)
         for (l_ = 0; l_ < s_; l_++)                                                   \
             h_[l_] += h_[l_ + s_];                                                    \
     h_[0]; })
+
+/* dw_same3_dot: the weight gradient of one dw_same3 plane,
+ *     out[kh * 3 + kw] += sum_{h, j} g[h, j] * x[h + kh - 1, j + kw - 1]  (zero outside)
+ * with the same zero row and shifted-in zero lanes for the padding.  A block is up to 3
+ * rows of g by one vector: its g vectors stay in registers while each input vector is
+ * loaded once per kw and multiplied into every tap sum it belongs to (9 vector sums).
+ * The row's last vector overlaps the one before it (W not a multiple of L): its first
+ * ov lanes are cleared in g *and* in x (a bit mask), so they add exactly +0 even where
+ * x holds Inf or NaN.  The order of the sums depends on H and W only. */
+#define CY_DEFINE_DW_SAME3_DOT(S, T, V, VI, L)                                         \
+static inline __attribute__((always_inline)) void cy_dw_same3_dot_blk_##S(             \
+    V *acc, const T *g, Py_ssize_t W, const T *const *row, Py_ssize_t p, VI keep,     \
+    const int R, const int LEFT, const int RIGHT, const int MASK)                     \
+{                                                                                     \
+    V G[3], z = {0};                                                                  \
+    int r, i, kw;                                                                     \
+    _Pragma("GCC unroll 3") for (r = 0; r < R; r++) {                                 \
+        G[r] = *(const V *)(g + r * W + p);                                           \
+        if (MASK)                                                                     \
+            G[r] = (V)((VI)G[r] & keep);                                              \
+    }                                                                                 \
+    _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++)                                \
+        _Pragma("GCC unroll 5") for (i = 0; i < R + 2; i++) {                         \
+            const T *s = row[i] + p;                                                  \
+            V v;                                                                      \
+            if (LEFT && kw == 0)                                                      \
+                v = CY_SHR1_##S(*(const V *)s, z);                                    \
+            else if (RIGHT && kw == 2)                                                \
+                v = CY_SHL1_##S(*(const V *)s, z);                                    \
+            else                                                                      \
+                v = *(const V *)(s + kw - 1);                                         \
+            if (MASK)                                                                 \
+                v = (V)((VI)v & keep);                                                \
+            _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                           \
+                if (i - r >= 0 && i - r < 3)                                          \
+                    acc[(i - r) * 3 + kw] += G[r] * v;                                \
+        }                                                                             \
+}                                                                                     \
+                                                                                      \
+static void cy_dw_same3_dot_##S(T *out, const T *g, const T *x, const T *zero,        \
+                                Py_ssize_t H, Py_ssize_t W)                           \
+{                                                                                     \
+    const Py_ssize_t nv = (W + L - 1) / L, ov = nv * L - W;                           \
+    VI lane, keep;                                                                    \
+    V a[9];                                                                           \
+    const T *row[5];                                                                  \
+    Py_ssize_t r0, i, u, R, p, h;                                                     \
+    for (i = 0; i < L; i++) {                                                         \
+        lane[i] = i;                                                                  \
+        keep[i] = ov;                                                                 \
+    }                                                                                 \
+    keep = lane >= keep;                                                              \
+    for (i = 0; i < 9; i++)                                                           \
+        a[i] = (V){0};                                                                \
+    for (r0 = 0; r0 < H; r0 += R) {                                                   \
+        R = H - r0 >= 3 ? 3 : H - r0;                                                 \
+        for (i = 0; i < R + 2; i++) {                                                 \
+            h = r0 + i - 1;                                                           \
+            row[i] = h >= 0 && h < H ? x + h * W : zero;                              \
+        }                                                                             \
+        for (i = 0; i < R * W * (Py_ssize_t)sizeof(T); i += 64) {                     \
+            cy_prefetch((const char *)(x + (r0 + 2) * W) + CY_DW_AHEAD + i);          \
+            cy_prefetch((const char *)(g + r0 * W) + CY_DW_AHEAD + i);                \
+        }                                                                             \
+        const T *gr = g + r0 * W;                                                     \
+        for (u = 0; u < nv; u++) {                                                    \
+            p = u < nv - 1 ? u * L : W - L;                                           \
+            switch (R * 8 + (u == 0) * 4 + (u == nv - 1) * 2 + (u == nv - 1 && ov > 0)) { \
+            CY_DW_SAME3_DOT_EDGES(S, 3) CY_DW_SAME3_DOT_EDGES(S, 2)                    \
+            CY_DW_SAME3_DOT_EDGES(S, 1)                                               \
+            }                                                                         \
+        }                                                                             \
+    }                                                                                 \
+    for (i = 0; i < 9; i++)                                                           \
+        out[i] += CY_HSUM(T, L, a[i]);                                                \
+}
+
+/* the five edge variants (interior, left, right, right with overlap, both) of R rows */
+#define CY_DW_SAME3_DOT_EDGES(S, R_)                                                   \
+    case R_ * 8 + 0: cy_dw_same3_dot_blk_##S(a, gr, W, row, p, keep, R_, 0, 0, 0); break; \
+    case R_ * 8 + 4: cy_dw_same3_dot_blk_##S(a, gr, W, row, p, keep, R_, 1, 0, 0); break; \
+    case R_ * 8 + 2: cy_dw_same3_dot_blk_##S(a, gr, W, row, p, keep, R_, 0, 1, 0); break; \
+    case R_ * 8 + 3: cy_dw_same3_dot_blk_##S(a, gr, W, row, p, keep, R_, 0, 1, 1); break; \
+    case R_ * 8 + 6: cy_dw_same3_dot_blk_##S(a, gr, W, row, p, keep, R_, 1, 1, 0); break;
+
+CY_DEFINE_DW_SAME3_DOT(f, float, cy_v8f, cy_v8i, 8)
+CY_DEFINE_DW_SAME3_DOT(d, double, cy_v4d, cy_v4l, 4)
 
 #define CY_DOT_MAX 12    /* taps per pass: 12 sums + g + a product in 16 registers */
 

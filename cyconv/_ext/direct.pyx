@@ -122,6 +122,14 @@ cdef void fill_rows(const floating* x, floating* xp, Py_ssize_t h0, Py_ssize_t h
             dst[i] = src[i]
 
 
+cdef inline bint _same3(const Geom* g) noexcept nogil:
+    """A one-channel-per-group 2-D (or 1-D) plane of a 3x3 'same' convolution: unit
+    strides and dilation, padding 1 all round (dw_same3, dw_same3_dot)."""
+    return (g.Cg == 1 and g.D == 1 and g.KD == 1 and g.OD == 1 and g.KH == 3 and g.KW == 3
+            and g.SH == 1 and g.SW == 1 and g.DH == 1 and g.DW == 1 and g.PH == 1
+            and g.PW == 1 and g.OH == g.H and g.OW == g.W)
+
+
 cdef inline void prefetch_span(const void* p, Py_ssize_t nbytes) noexcept nogil:
     """Prefetch every cache line of [p, p + nbytes) for reading: one request per 64 bytes."""
     cdef Py_ssize_t i
@@ -179,6 +187,10 @@ cdef extern from "_simd.h" nogil:
                        Py_ssize_t W, const float* wt, float b)
     void cy_dw_same3_d(double* y, const double* x, const double* zero, Py_ssize_t H,
                        Py_ssize_t W, const double* wt, double b)
+    void cy_dw_same3_dot_f(float* out, const float* g, const float* x, const float* zero,
+                           Py_ssize_t H, Py_ssize_t W)
+    void cy_dw_same3_dot_d(double* out, const double* g, const double* x,
+                           const double* zero, Py_ssize_t H, Py_ssize_t W)
     int cy_f_fill_check(float* dst, Py_ssize_t ds, const float* src, Py_ssize_t R,
                         Py_ssize_t n)
     int cy_d_fill_check(double* dst, Py_ssize_t ds, const double* src, Py_ssize_t R,
@@ -234,6 +246,17 @@ cdef inline void dw_same3(floating* y, const floating* x, const floating* zero,
         cy_dw_same3_f(y, x, zero, H, W, wt, b)
     else:
         cy_dw_same3_d(y, x, zero, H, W, wt, b)
+
+
+cdef inline void dw_same3_dot(floating* out, const floating* gy, const floating* x,
+                              const floating* zero, Py_ssize_t H,
+                              Py_ssize_t W) noexcept nogil:
+    """The weight gradient of one dw_same3 plane, added into out[0:9] (see _simd.h):
+    out[kh*3 + kw] += sum_{h, j} gy[h, j] * x[h + kh - 1, j + kw - 1], zero outside."""
+    if floating is float:
+        cy_dw_same3_dot_f(out, gy, x, zero, H, W)
+    else:
+        cy_dw_same3_dot_d(out, gy, x, zero, H, W)
 
 
 cdef inline int fill_check(floating* dst, Py_ssize_t ds, const floating* src, Py_ssize_t R,
@@ -388,11 +411,11 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef bint rows = g.SW == 1 and g.OW * <Py_ssize_t> sizeof(floating) >= 32
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
     cdef bint stream = rows and g.Cg == 1 and g.D == 1 and g.OD == 1
-    # stream planes of a 3-row kernel, unit row stride and dilation, go through dw_rows
-    cdef bint share = stream and g.SH == 1 and g.DH == 1 and g.KH == 3
+    # stream planes of a one-deep, 3-row kernel, unit row stride and dilation, go through
+    # dw_rows (a one-deep input can still have a deeper, padded kernel: not those)
+    cdef bint share = stream and g.KD == 1 and g.SH == 1 and g.DH == 1 and g.KH == 3
     # ... and of those, the 3x3 'same' ones read x in place (dw_same3)
-    cdef bint same3 = (share and g.KW == 3 and g.SW == 1 and g.DW == 1 and g.PH == 1
-                       and g.PW == 1 and g.OH == g.H and g.OW == g.W)
+    cdef bint same3 = share and _same3(&g)
     # stream steps: a small plane (at most STREAM_WHOLE bytes) in one, else 3 rows at a
     # time (a register block of taps_rows and of dw_rows)
     cdef Py_ssize_t step = (g.OH if g.H * g.W * <Py_ssize_t> sizeof(floating) <= STREAM_WHOLE
@@ -566,6 +589,8 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef Py_ssize_t run = _max(1, g.C_img // (4 * n_threads))
     cdef Py_ssize_t n_runs = (g.C_img + run - 1) // run
     cdef bint unit = g.SD == 1 and g.SH == 1 and g.SW == 1
+    # 3x3 'same' depthwise planes of at least one vector per row: dw_same3_dot, in place
+    cdef bint same3 = _same3(&g) and g.W * <Py_ssize_t> sizeof(floating) >= 32
     cdef Py_ssize_t[::1] offs = _tap_offsets(&g, &q, 1)
     cdef const Py_ssize_t* off = &offs[0]
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
@@ -591,6 +616,11 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                     for it in range(ri * run, _min(g.C_img, (ri + 1) * run)):
                         gi = it // g.Cg
                         c = it % g.Cg
+                        if same3:                # xp is all zeros: the padding rows
+                            for k in range(gi * g.Kg, (gi + 1) * g.Kg):
+                                dw_same3_dot(gwp + k * g.CKK, &gy[n, 0] + k * g.P,
+                                             &x[n, 0] + it * g.img_plane, xp, g.H, g.W)
+                            continue
                         finite = fill_plane(&x[n, 0] + it * g.img_plane, xp, &g, &q)
                         for k in range(gi * g.Kg, (gi + 1) * g.Kg):
                             out = gwp + k * g.CKK + c * g.KK
