@@ -90,3 +90,24 @@ def test_tiles_agree_with_whole_image_to_rounding():
     finally:
         mod.set_tile_bytes(2 * 1024 * 1024)
     np.testing.assert_allclose(tiled, whole, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 3, 7, 70])
+def test_small_images_batched_per_gemm(N, dtype, threads, workspace_limit):
+    """Input gradients of small images run several samples per GEMM (their output-gradient
+    planes gathered side by side), batches as even as the thread count allows, the last
+    one shorter; a workspace too small for the gathered planes shrinks the batches.
+    Transposed 2-D with bias and groups, and a plain input gradient, against the float64
+    reference."""
+    x, w, b = _rng_arrays(dtype, (N, 6, 3, 3), (6, 2, 4, 4), (4,), seed=N)
+    ref = reference.conv_transpose(x, w, b, (2, 2), ((1, 1), (1, 1)), (0, 0), 2, (1, 1))
+    for limit in (256 * 1024 * 1024, 2048):
+        workspace_limit(limit)
+        y = cyconv.conv_transpose2d(x, w, b, stride=2, padding=1, groups=2,
+                                    algorithm="im2col")
+        assert_close(y, ref, dtype, what=f"conv_transpose2d N={N} workspace {limit}")
+    gy, w2 = _rng_arrays(dtype, (N, 8, 5, 5), (8, 3, 3, 3), seed=N + 1)
+    gx = cyconv.grad.conv2d_input((N, 3, 5, 5), w2, gy, padding=1, algorithm="im2col")
+    assert_close(gx, reference.conv_input_grad((N, 3, 5, 5), w2, gy, padding=1), dtype,
+                 what=f"conv2d_input N={N}")
