@@ -130,6 +130,13 @@ static inline Py_ssize_t cy_block_tail(Py_ssize_t i, Py_ssize_t U, Py_ssize_t n,
     return (i + U - 1) * L < n - L ? (U - 1) * L : n - L - i * L;
 }
 
+/* The register-block shapes of the row kernels, R rows (3, 2, 1) x U vectors (4..1):
+ * CASE(N, R, U) expands to the switch case(s) of one shape of kernel N. */
+#define CY_BLOCK_CASES(CASE, N)                                                        \
+    CASE(N, 3, 4) CASE(N, 3, 3) CASE(N, 3, 2) CASE(N, 3, 1)                           \
+    CASE(N, 2, 4) CASE(N, 2, 3) CASE(N, 2, 2) CASE(N, 2, 1)                           \
+    CASE(N, 1, 4) CASE(N, 1, 3) CASE(N, 1, 2) CASE(N, 1, 1)
+
 /* One register block of taps_rows: R rows x U vectors, at columns c0 + u * L for
  * u < U - 1 and c0 + dl for the last one (dl <= (U - 1) * L: the clamped tail vector).
  * Inlined with constant R and U, so the accumulators live in registers and every load
@@ -183,27 +190,18 @@ static void NAME(T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt, 
             T *yr = y + r0 * ys;                                                      \
             const T *sr = src + r0 * ss;                                              \
             switch (R * 16 + U) {                                                     \
-            case 0x31: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 1); break; \
-            case 0x32: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 2); break; \
-            case 0x33: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 3); break; \
-            case 0x34: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 3, 4); break; \
-            case 0x21: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 1); break; \
-            case 0x22: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 2); break; \
-            case 0x23: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 3); break; \
-            case 0x24: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 2, 4); break; \
-            case 0x11: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 1); break; \
-            case 0x12: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 2); break; \
-            case 0x13: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 3); break; \
-            case 0x14: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 4); break; \
-            case 0x15: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 5); break; \
-            case 0x16: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 6); break; \
-            case 0x17: NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 7); break; \
-            default:   NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, 1, 8); break; \
+            CY_BLOCK_CASES(CY_TAPS_ROWS_CASE, NAME)                                   \
+            CY_TAPS_ROWS_CASE(NAME, 1, 5) CY_TAPS_ROWS_CASE(NAME, 1, 6)               \
+            CY_TAPS_ROWS_CASE(NAME, 1, 7) CY_TAPS_ROWS_CASE(NAME, 1, 8)               \
             }                                                                         \
         }                                                                             \
         r0 += R;                                                                      \
     }                                                                                 \
 }
+
+#define CY_TAPS_ROWS_CASE(NAME, R_, U_)                                                \
+    case R_ * 16 + U_:                                                                \
+        NAME##_blk(yr, ys, sr, ss, wt, off, KK, c0, dl, acc, b, R_, U_); break;
 
 CY_DEFINE_TAPS_ROWS(cy_taps_rows_f, float, cy_v8f, 8)
 CY_DEFINE_TAPS_ROWS(cy_taps_rows_d, double, cy_v4d, 4)
@@ -253,23 +251,16 @@ static void NAME(T *y, Py_ssize_t ys, const T *src, Py_ssize_t ss, const T *wt, 
             T *yr = y + r0 * ys;                                                      \
             const T *sr = src + r0 * ss;                                              \
             switch (R * 16 + U) {                                                     \
-            case 0x34: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 3, 4); break; \
-            case 0x33: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 3, 3); break; \
-            case 0x32: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 3, 2); break; \
-            case 0x31: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 3, 1); break; \
-            case 0x24: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 2, 4); break; \
-            case 0x23: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 2, 3); break; \
-            case 0x22: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 2, 2); break; \
-            case 0x21: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 2, 1); break; \
-            case 0x14: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 1, 4); break; \
-            case 0x13: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 1, 3); break; \
-            case 0x12: NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 1, 2); break; \
-            default:   NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, 1, 1); break; \
+            CY_BLOCK_CASES(CY_DW_ROWS_CASE, NAME)                                     \
             }                                                                         \
         }                                                                             \
         r0 += R;                                                                      \
     }                                                                                 \
 }
+
+#define CY_DW_ROWS_CASE(NAME, R_, U_)                                                  \
+    case R_ * 16 + U_:                                                                \
+        NAME##_blk(yr, ys, sr, ss, wt, KW, dw, c0, dl, b, R_, U_); break;
 
 CY_DEFINE_DW_ROWS(cy_dw_rows_f, float, cy_v8f, 8)
 CY_DEFINE_DW_ROWS(cy_dw_rows_d, double, cy_v4d, 4)
@@ -447,12 +438,7 @@ static void cy_dw_same3_##S(T *y, const T *x, const T *zero, Py_ssize_t H,      
             dl = cy_block_tail(i, U, W, L);                                           \
             T *yr = y + r0 * W;                                                       \
             switch ((R * 16 + U) * 4 + (i == 0) * 2 + (i + U == nv)) {                \
-            CY_DW_SAME3_EDGES(S, 3, 4) CY_DW_SAME3_EDGES(S, 3, 3)                      \
-            CY_DW_SAME3_EDGES(S, 3, 2) CY_DW_SAME3_EDGES(S, 3, 1)                      \
-            CY_DW_SAME3_EDGES(S, 2, 4) CY_DW_SAME3_EDGES(S, 2, 3)                      \
-            CY_DW_SAME3_EDGES(S, 2, 2) CY_DW_SAME3_EDGES(S, 2, 1)                      \
-            CY_DW_SAME3_EDGES(S, 1, 4) CY_DW_SAME3_EDGES(S, 1, 3)                      \
-            CY_DW_SAME3_EDGES(S, 1, 2) CY_DW_SAME3_EDGES(S, 1, 1)                      \
+            CY_BLOCK_CASES(CY_DW_SAME3_EDGES, S)                                      \
             }                                                                         \
         }                                                                             \
     }                                                                                 \
