@@ -99,12 +99,12 @@ def test_depthwise_three_kernel_rows(kw, dtype):
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("width", (4, 5, 8, 9, 12, 15, 16, 17, 24, 28, 31, 33, 40, 56, 65))
 def test_depthwise_same3_reads_x_in_place(width, dtype):
-    """``dw_same3`` (3x3, padding 1, unit strides): the padding comes from a zero row
+    """``dw_same3`` (3x3, padding 1, unit strides): the padding comes from zero rows
     and from zero lanes shifted into the first and last vector of each row, not from a
     staged copy.  Every width around the vector counts (one vector holding both edges
-    included), heights leaving every remainder after the 3-row blocks, a channel
-    multiplier, bias; NaN in the outermost input columns and rows reaches exactly the
-    outputs whose windows hold it."""
+    included; column strips of one and two vectors), heights 1 and 2 (a strip's first
+    row is also its last), a channel multiplier, bias; NaN in the outermost input
+    columns and rows reaches exactly the outputs whose windows hold it."""
     rng = np.random.default_rng(400 + width)
     for i, h in enumerate((1, 2, 3, 4, 5, 8, 29)):
         x, w, b = _arrays(rng, dtype, (2, 3, h, width), (6, 1, 3, 3), bias=i % 2 == 0)
@@ -117,6 +117,32 @@ def test_depthwise_same3_reads_x_in_place(width, dtype):
     expect[0, 0, :, :2] = True
     expect[0, 1, -2:, -2:] = True
     assert np.array_equal(np.isnan(y), expect)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("width", (8, 33, 65, 300))
+def test_depthwise_same3_both_kernels(width, dtype):
+    """Planes of up to ``DW_STRIPS_MAX`` bytes go through rolling column strips, larger
+    ones through 3-row blocks: heights either side of the limit, the larger ones leaving
+    every remainder after the blocks; NaN in a middle row reaches exactly the 3x3 outputs
+    around it, and NaN in the corners exactly the 2x2 outputs there, in both kernels."""
+    # rows of the tallest plane that still goes in strips
+    strips_max = cyconv._cpu.kernels("direct").DW_STRIPS_MAX
+    limit = strips_max // (width * np.dtype(dtype).itemsize)
+    rng = np.random.default_rng(600 + width)
+    for h in (limit - 1, limit, limit + 1, limit + 2, limit + 3):
+        x, w, b = _arrays(rng, dtype, (1, 2, h, width), (4, 1, 3, 3), bias=h % 2 == 0)
+        _check(x, w, b, dtype, padding=1, groups=2)
+    for h in (limit, limit + 1):
+        x = rng.uniform(0.5, 1.0, (1, 2, h, width)).astype(dtype)
+        w = rng.uniform(0.5, 1.0, (2, 1, 3, 3)).astype(dtype)
+        x[0, 0, h // 2, width // 2] = np.nan
+        x[0, 1, 0, 0] = x[0, 1, -1, -1] = np.nan
+        y = cyconv.conv2d(x, w, padding=1, groups=2, algorithm="direct")
+        expect = np.zeros(y.shape, bool)
+        expect[0, 0, h // 2 - 1:h // 2 + 2, width // 2 - 1:width // 2 + 2] = True
+        expect[0, 1, :2, :2] = expect[0, 1, -2:, -2:] = True
+        assert np.array_equal(np.isnan(y), expect), f"height {h}"
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -458,6 +458,144 @@ static void cy_dw_same3_##S(T *y, const T *x, const T *zero, Py_ssize_t H,      
 CY_DEFINE_DW_SAME3(f, float, cy_v8f, 8)
 CY_DEFINE_DW_SAME3(d, double, cy_v4d, 4)
 
+/* dw_same3_strips: the plane of dw_same3, for planes of at most CY_DW_STRIPS_MAX bytes
+ * (MobileNet's 14x14 and 28x28 layers), as rolling rows: a strip of one or two vectors
+ * of columns walks down the plane one input row at a time.  Each input row is loaded
+ * once per kw (three loads per output vector, dw_same3 needs five) and feeds the three
+ * output rows that read it, whose sums stay in registers: A (row r - 1, tap kh = 2:
+ * then complete and stored), B (row r, kh = 1), C (row r + 1, kh = 0, started from the
+ * bias).  The nine weights stay in registers too: 9 + 3U + 1 of the 16 vector
+ * registers, where dw_same3's 3-row blocks spill.  Interleaved on whole layers (float32,
+ * batch 8, 2 threads) it takes 0.56-0.65 of dw_same3's time at 14x14 to 32x32, 0.83 at
+ * 40x40, 0.89 at 48x48, 0.99 at 56x56 and 1.12 at 64x64: once x's and y's planes
+ * outgrow L1 the strips' column order loses to dw_same3's row-major streaming, hence
+ * the limit.  The first strip prefetches whole rows CY_DW_STRIPS_AHEAD rows down, for
+ * the strips after it (near the end: the next plane's first rows).
+ *
+ * The padding is never stored: rows -1 and H are a zero vector, multiplied in like any
+ * row (a non-finite weight meets the padding as 0 * Inf = NaN, as in the reference),
+ * and the columns -1 and W are zero lanes shifted in as in dw_same3.  Sums run
+ * kh-major (bias, the kh = 0 taps, kh = 1, kh = 2; kw ascending in each), not in
+ * dw_same3's order: the two differ in the last bits.  W >= L. */
+#ifndef CY_DW_STRIPS_MAX
+#define CY_DW_STRIPS_MAX 10240
+#endif
+#ifndef CY_DW_STRIPS_AHEAD
+#define CY_DW_STRIPS_AHEAD 4
+#endif
+#define CY_DEFINE_DW_STRIPS3(S, T, V, L)                                               \
+/* x[r, c + kw - 1 : c + kw - 1 + L] for the vector at column c (s = x + r * W + c) */  \
+static inline __attribute__((always_inline)) V cy_dw_strips3_in_##S(                   \
+    const T *s, int kw, const int LEFT, const int RIGHT)                              \
+{                                                                                     \
+    V z = {0};                                                                        \
+    if (LEFT && kw == 0)                                                              \
+        return CY_SHR1_##S(*(const V *)s, z);                                         \
+    if (RIGHT && kw == 2)                                                             \
+        return CY_SHL1_##S(*(const V *)s, z);                                         \
+    return *(const V *)(s + kw - 1);                                                  \
+}                                                                                     \
+                                                                                      \
+/* one input row xr (the zero row when ZERO) into the sums that read it: A (kh = 2),   \
+ * B (kh = 1), C (kh = 0, started from the bias), each only when DA / DB / DC */      \
+static inline __attribute__((always_inline)) void cy_dw_strips3_row_##S(               \
+    V *A, V *B, V *C, const T *xr, Py_ssize_t c0, Py_ssize_t dl, const V *w, V bv,    \
+    const int U, const int LEFT, const int RIGHT, const int DA, const int DB,         \
+    const int DC, const int ZERO)                                                     \
+{                                                                                     \
+    int u, kw;                                                                        \
+    if (DC)                                                                           \
+        _Pragma("GCC unroll 2") for (u = 0; u < U; u++)                               \
+            C[u] = bv;                                                                \
+    _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++)                                \
+        _Pragma("GCC unroll 2") for (u = 0; u < U; u++) {                             \
+            V v = {0};                                                                \
+            if (!ZERO)                                                                \
+                v = cy_dw_strips3_in_##S(xr + c0 + (u == U - 1 ? dl : u * L), kw,     \
+                                         LEFT && u == 0, RIGHT && u == U - 1);        \
+            if (DA)                                                                   \
+                A[u] += w[6 + kw] * v;                                                \
+            if (DB)                                                                   \
+                B[u] += w[3 + kw] * v;                                                \
+            if (DC)                                                                   \
+                C[u] += w[kw] * v;                                                    \
+        }                                                                             \
+}                                                                                     \
+                                                                                      \
+/* the strip of U vectors at columns c0 (+ L), its last one at c0 + dl */             \
+static inline __attribute__((always_inline)) void cy_dw_strips3_strip_##S(             \
+    T *y, const T *x, Py_ssize_t H, Py_ssize_t W, const V *w, V bv, Py_ssize_t c0,    \
+    Py_ssize_t dl, const int U, const int LEFT, const int RIGHT)                      \
+{                                                                                     \
+    V A[2], B[2], C[2];                                                               \
+    Py_ssize_t r, j;                                                                  \
+    int u;                                                                            \
+    T *yr;                                                                            \
+    /* row -1 (zeros) starts output row 0; row 0 adds to it and starts row 1 */       \
+    cy_dw_strips3_row_##S(A, B, C, x, c0, dl, w, bv, U, LEFT, RIGHT, 0, 0, 1, 1);     \
+    _Pragma("GCC unroll 2") for (u = 0; u < U; u++)                                   \
+        B[u] = C[u];                                                                  \
+    cy_dw_strips3_row_##S(A, B, C, x, c0, dl, w, bv, U, LEFT, RIGHT, 0, 1, 1, 0);     \
+    _Pragma("GCC unroll 2") for (u = 0; u < U; u++) {                                 \
+        A[u] = B[u];                                                                  \
+        B[u] = C[u];                                                                  \
+    }                                                                                 \
+    for (r = 1; r < H; r++) {                                                         \
+        cy_dw_strips3_row_##S(A, B, C, x + r * W, c0, dl, w, bv, U, LEFT, RIGHT,      \
+                              1, 1, 1, 0);                                            \
+        yr = y + (r - 1) * W + c0;                                                    \
+        _Pragma("GCC unroll 2") for (u = 0; u < U; u++) {                             \
+            *(V *)(yr + (u == U - 1 ? dl : u * L)) = A[u];                            \
+            A[u] = B[u];                                                              \
+            B[u] = C[u];                                                              \
+        }                                                                             \
+        if (LEFT)                                                                     \
+            for (j = 0; j < W * (Py_ssize_t)sizeof(T); j += 64) {                     \
+                cy_prefetch((const char *)(x + (r + CY_DW_STRIPS_AHEAD) * W) + j);    \
+                cy_prefetchw((char *)(y + (r + CY_DW_STRIPS_AHEAD) * W) + j);         \
+            }                                                                         \
+    }                                                                                 \
+    /* row H (zeros) completes output row H - 1 */                                    \
+    cy_dw_strips3_row_##S(A, B, C, x, c0, dl, w, bv, U, LEFT, RIGHT, 1, 0, 0, 1);     \
+    yr = y + (H - 1) * W + c0;                                                        \
+    _Pragma("GCC unroll 2") for (u = 0; u < U; u++)                                   \
+        *(V *)(yr + (u == U - 1 ? dl : u * L)) = A[u];                                \
+}                                                                                     \
+                                                                                      \
+static void cy_dw_strips3_##S(T *y, const T *x, Py_ssize_t H, Py_ssize_t W,            \
+                              const T *wt, T b)                                       \
+{                                                                                     \
+    const Py_ssize_t nv = (W + L - 1) / L;                                            \
+    V w[9], bv = (V){0} + b;                                                          \
+    Py_ssize_t i, U, c0, dl;                                                          \
+    int k;                                                                            \
+    for (k = 0; k < 9; k++)                                                           \
+        w[k] = (V){0} + wt[k];                                                        \
+    for (i = 0; i < nv; i += U) {                                                     \
+        U = nv - i >= 2 ? 2 : 1;                                                      \
+        c0 = i * L;                                                                   \
+        dl = cy_block_tail(i, U, W, L);                                               \
+        switch (U * 4 + (i == 0) * 2 + (i + U == nv)) {                               \
+        CY_DW_STRIPS3_EDGES(S, 1) CY_DW_STRIPS3_EDGES(S, 2)                           \
+        }                                                                             \
+    }                                                                                 \
+}
+
+/* the four edge variants of a strip of U_ vectors */
+#define CY_DW_STRIPS3_EDGES(S, U_)                                                     \
+    case U_ * 4 + 0:                                                                  \
+        cy_dw_strips3_strip_##S(y, x, H, W, w, bv, c0, dl, U_, 0, 0); break;          \
+    case U_ * 4 + 1:                                                                  \
+        cy_dw_strips3_strip_##S(y, x, H, W, w, bv, c0, dl, U_, 0, 1); break;          \
+    case U_ * 4 + 2:                                                                  \
+        cy_dw_strips3_strip_##S(y, x, H, W, w, bv, c0, dl, U_, 1, 0); break;          \
+    case U_ * 4 + 3:                                                                  \
+        cy_dw_strips3_strip_##S(y, x, H, W, w, bv, c0, dl, U_, 1, 1); break;
+
+CY_DEFINE_DW_STRIPS3(f, float, cy_v8f, 8)
+CY_DEFINE_DW_STRIPS3(d, double, cy_v4d, 4)
+
+
 
 /* Horizontal sum of a vector, lanes added pairwise in a fixed order. */
 #define CY_HSUM(T, L, v) ({                                                           \

@@ -26,8 +26,9 @@ row by row over the OW real columns.
   staged in one step when small, else a few rows ahead of the rows being computed;
   depthwise planes with three unit-spaced kernel rows and unit height stride go through
   ``dw_rows``, which loads each input vector once for all the rows it feeds; the 3x3
-  'same' ones, MobileNet's, skip the staging too: ``dw_same3`` reads x in place, with a
-  zero row and shifted-in zero lanes for the padding);
+  'same' ones, MobileNet's, skip the staging too: ``dw_same3`` reads x in place, with
+  zero rows and shifted-in zero lanes for the padding (planes up to 10 KiB as column
+  strips rolling down the plane, larger ones in row blocks));
   narrower rows go through the wide grid (the first input channel's sweep overwrites
   it, the others add to it).
 * input gradient (``_cpu.py`` runs the unit-stride ones as forward convolutions of the
@@ -187,6 +188,11 @@ cdef extern from "_simd.h" nogil:
                        Py_ssize_t W, const float* wt, float b)
     void cy_dw_same3_d(double* y, const double* x, const double* zero, Py_ssize_t H,
                        Py_ssize_t W, const double* wt, double b)
+    void cy_dw_strips3_f(float* y, const float* x, Py_ssize_t H, Py_ssize_t W,
+                         const float* wt, float b)
+    void cy_dw_strips3_d(double* y, const double* x, Py_ssize_t H, Py_ssize_t W,
+                         const double* wt, double b)
+    Py_ssize_t CY_DW_STRIPS_MAX
     void cy_dw_same3_dot_f(float* out, const float* g, const float* x, const float* zero,
                            Py_ssize_t H, Py_ssize_t W)
     void cy_dw_same3_dot_d(double* out, const double* g, const double* x,
@@ -201,6 +207,10 @@ cdef extern from "_simd.h" nogil:
                        Py_ssize_t KK, Py_ssize_t m)
     void cy_taps_dot_d(double* out, const double* g, const double* src, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t m)
+
+
+#: bytes: depthwise 3x3 'same' planes up to this size go through dw_same3_strips
+DW_STRIPS_MAX = CY_DW_STRIPS_MAX
 
 
 cdef inline void taps_acc(floating* y, const floating* src, const floating* wt,
@@ -241,8 +251,15 @@ cdef inline void dw_same3(floating* y, const floating* x, const floating* zero,
                           Py_ssize_t H, Py_ssize_t W, const floating* wt,
                           floating b) noexcept nogil:
     """One depthwise 3x3 'same' plane straight from x (no staging; see _simd.h):
-    y[h, j] = b + sum_{kh, kw} wt[kh*3 + kw] * x[h + kh - 1, j + kw - 1], zero outside."""
-    if floating is float:
+    y[h, j] = b + sum_{kh, kw} wt[kh*3 + kw] * x[h + kh - 1, j + kw - 1], zero outside.
+    Planes of up to CY_DW_STRIPS_MAX bytes go in rolling column strips, larger ones in
+    3-row blocks (``zero``: a zero row of W elements, their padding rows)."""
+    if H * W * <Py_ssize_t> sizeof(floating) <= CY_DW_STRIPS_MAX:
+        if floating is float:
+            cy_dw_strips3_f(y, x, H, W, wt, b)
+        else:
+            cy_dw_strips3_d(y, x, H, W, wt, b)
+    elif floating is float:
         cy_dw_same3_f(y, x, zero, H, W, wt, b)
     else:
         cy_dw_same3_d(y, x, zero, H, W, wt, b)
