@@ -65,9 +65,14 @@ def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     Measured on 2-core AVX2 machines (``python -m cyconv bench --algorithms``): it wins
     by 1.2-2.4x on unit-stride layers with at least 3 taps (ResNet 3x3 at 56x56, dilated,
     1-D k9, 3-D), forward and input gradient.  im2col + GEMM stays ahead where a GEMM
-    has the most to reuse and the blocked kernel the least: 1x1 and 2-tap kernels, long
-    channel reductions over small planes (256 channels at 14x14), strided layers, and
-    without AVX2 (the blocked micro-kernel needs 16 vector registers).
+    has the most to reuse and the blocked kernel the least: 1x1 and 2-tap kernels,
+    strided layers, without AVX2 (the blocked micro-kernel needs 16 vector registers),
+    and long channel reductions: a GEMM depth k (channels x taps) of 4096 or more, or
+    of 20 or more per output pixel.  Interleaved 3x3 layers, batch 8, 2 threads,
+    direct/im2col forward and input grad: 256 ch at 28x28 (k/pixels 2.9) 0.91 / 0.97,
+    at 14x14 (11.8) 0.91 / 0.99, 320 ch at 14x14 (14.7) 0.95 / 0.93, 384 ch at 14x14
+    (17.6) 0.97 / 1.04, 256 ch at 10x10 (23) 0.95 / 1.05, at 7x7 (47) 1.01 / 1.25,
+    512 ch at 14x14 (k 4608) 1.08 / 1.10, at 28x28 1.12 / 1.01, 1024 ch at 7x7 2.4 / 2.8.
     """
     from . import _cpu
     if _cpu.ISA != "avx2" or direction == "backward_weight":
@@ -80,4 +85,4 @@ def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
         ok = _cpu.blocked_input_grad_applies(p, itemsize)
         k = p.col_channels // p.G * math.prod(p.kernel_size)
         pixels = math.prod(p.img_size)
-    return ok and not (k >= 2048 and pixels <= 1024)
+    return ok and k < 4096 and k < 20 * pixels

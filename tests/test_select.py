@@ -45,3 +45,20 @@ def test_depthwise_and_thin_groups_go_direct(direction):
 def test_dense_weight_gradient_goes_direct_only_for_thin_gemms(x_shape, w_shape, expected):
     p = _p(x_shape, w_shape, padding=1)
     assert select_algorithm(p, "backward_weight", 4, 2) == expected
+
+
+@avx2
+@pytest.mark.parametrize("direction", ("forward", "backward_input"))
+@pytest.mark.parametrize("x_shape, w_shape, expected", [
+    ((8, 256, 28, 28), (256, 256, 3, 3), "direct"),         # k = 2304, 784 pixels
+    ((8, 256, 14, 14), (256, 256, 3, 3), "direct"),         # k / pixels = 11.8
+    ((8, 384, 14, 14), (384, 384, 3, 3), "direct"),         # 17.6
+    ((8, 256, 10, 10), (256, 256, 3, 3), "im2col"),         # 23
+    ((8, 256, 7, 7), (256, 256, 3, 3), "im2col"),           # 47
+    ((8, 64, 7, 7), (64, 64, 3, 3), "direct"),              # 11.8
+    ((8, 512, 28, 28), (512, 512, 3, 3), "im2col"),         # k = 4608
+])
+def test_long_channel_reductions_over_small_planes_stay_on_im2col(x_shape, w_shape, expected,
+                                                                  direction):
+    p = _p(x_shape, w_shape, padding=1)
+    assert select_algorithm(p, direction, 4, 2) == expected
