@@ -5,6 +5,7 @@ and no timing-based autotuning is done.
 """
 from __future__ import annotations
 
+import functools
 import math
 
 from ._params import INT32_MAX, ConvParams
@@ -17,9 +18,13 @@ def im2col_feasible(p: ConvParams) -> bool:
     return p.pixels <= INT32_MAX and p.gemm_k <= INT32_MAX
 
 
+@functools.lru_cache(maxsize=1024)
 def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: int,
                      device: str = "cpu") -> str:
     """'im2col' or 'direct' for one op in conv view.
+
+    Memoised (the arguments are all it depends on), so 'auto' costs a dictionary lookup
+    per call, not the rules below.
 
     Direct loops win where a GEMM has too little to reuse: depthwise and thin groups
     (few channels per group, so each group's GEMM is a sliver), and layers whose column
