@@ -693,6 +693,110 @@ static void cy_dw_same3_dot_##S(T *out, const T *g, const T *x, const T *zero,  
 CY_DEFINE_DW_SAME3_DOT(f, float, cy_v8f, cy_v8i, 8)
 CY_DEFINE_DW_SAME3_DOT(d, double, cy_v4d, cy_v4l, 4)
 
+/* dw_same3_strips_dot: the weight gradient of a dw_same3_strips plane (at most
+ * CY_DW_STRIPS_MAX bytes), in the same rolling order: one vector column walks down the
+ * plane, each input row loaded once per kw and multiplied into the three tap sums that
+ * read it, against the output-gradient rows r + 1 (kh = 0), r (kh = 1) and r - 1
+ * (kh = 2), which roll through three registers: 4 loads per 9 multiply-adds where
+ * dw_same3_dot's 3-row blocks need 6.  The padding rows and columns are multiplied in as
+ * zeros (an Inf in g meets them as NaN, as in the reference), and the overlapping last
+ * vector's shared lanes are cleared in g and x as in dw_same3_dot.  The order of the
+ * sums depends on H and W only. */
+#define CY_DEFINE_DW_STRIPS3_DOT(S, T, V, VI, L)                                       \
+/* input row xr (s = xr + p) at kw, padding shifted in, shared lanes cleared */       \
+static inline __attribute__((always_inline)) V cy_dw_strips3_dot_in_##S(               \
+    const T *s, int kw, VI keep, const int LEFT, const int RIGHT, const int MASK)     \
+{                                                                                     \
+    V v = cy_dw_strips3_in_##S(s, kw, LEFT, RIGHT);                                   \
+    return MASK ? (V)((VI)v & keep) : v;                                              \
+}                                                                                     \
+                                                                                      \
+/* input row r against g rows r + 1 (when D0), r and r - 1 (when D2) */               \
+static inline __attribute__((always_inline)) void cy_dw_strips3_dot_row_##S(           \
+    V *a, const T *s, V Gp, V G0, V Gm, VI keep, const int LEFT, const int RIGHT,     \
+    const int MASK, const int D0, const int D2)                                       \
+{                                                                                     \
+    int kw;                                                                           \
+    _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++) {                              \
+        V v = cy_dw_strips3_dot_in_##S(s, kw, keep, LEFT, RIGHT, MASK);               \
+        if (D0)                                                                       \
+            a[kw] += Gp * v;                                                          \
+        a[3 + kw] += G0 * v;                                                          \
+        if (D2)                                                                       \
+            a[6 + kw] += Gm * v;                                                      \
+    }                                                                                 \
+}                                                                                     \
+                                                                                      \
+static inline __attribute__((always_inline)) void cy_dw_strips3_dot_col_##S(           \
+    V *a, const T *g, const T *x, Py_ssize_t H, Py_ssize_t W, Py_ssize_t p, VI keep,  \
+    const int LEFT, const int RIGHT, const int MASK)                                  \
+{                                                                                     \
+    V z = {0}, Gm, G0, Gp;                                                            \
+    Py_ssize_t r;                                                                     \
+    int kw;                                                                           \
+    G0 = *(const V *)(g + p);                                                         \
+    if (MASK)                                                                         \
+        G0 = (V)((VI)G0 & keep);                                                      \
+    _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++)     /* row -1: padding */      \
+        a[kw] += G0 * z;                                                              \
+    if (H == 1) {                                                                     \
+        cy_dw_strips3_dot_row_##S(a, x + p, z, G0, z, keep, LEFT, RIGHT, MASK, 0, 0); \
+        Gm = G0;                                                                      \
+    } else {                                                                          \
+        Gp = *(const V *)(g + W + p);                                                 \
+        if (MASK)                                                                     \
+            Gp = (V)((VI)Gp & keep);                                                  \
+        cy_dw_strips3_dot_row_##S(a, x + p, Gp, G0, z, keep, LEFT, RIGHT, MASK, 1, 0); \
+        Gm = G0;                                                                      \
+        G0 = Gp;                                                                      \
+        for (r = 1; r < H - 1; r++) {                                                 \
+            Gp = *(const V *)(g + (r + 1) * W + p);                                   \
+            if (MASK)                                                                 \
+                Gp = (V)((VI)Gp & keep);                                              \
+            cy_dw_strips3_dot_row_##S(a, x + r * W + p, Gp, G0, Gm, keep, LEFT, RIGHT, \
+                                      MASK, 1, 1);                                    \
+            Gm = G0;                                                                  \
+            G0 = Gp;                                                                  \
+        }                                                                             \
+        cy_dw_strips3_dot_row_##S(a, x + (H - 1) * W + p, z, G0, Gm, keep, LEFT,      \
+                                  RIGHT, MASK, 0, 1);                                 \
+        Gm = G0;                                                                      \
+    }                                                                                 \
+    _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++)     /* row H: padding */       \
+        a[6 + kw] += Gm * z;                                                          \
+}                                                                                     \
+                                                                                      \
+static void cy_dw_strips3_dot_##S(T *out, const T *g, const T *x, Py_ssize_t H,        \
+                                  Py_ssize_t W)                                       \
+{                                                                                     \
+    const Py_ssize_t nv = (W + L - 1) / L, ov = nv * L - W;                           \
+    VI lane, keep;                                                                    \
+    V a[9];                                                                           \
+    Py_ssize_t i, u, p;                                                               \
+    for (i = 0; i < L; i++) {                                                         \
+        lane[i] = i;                                                                  \
+        keep[i] = ov;                                                                 \
+    }                                                                                 \
+    keep = lane >= keep;                                                              \
+    for (i = 0; i < 9; i++)                                                           \
+        a[i] = (V){0};                                                                \
+    for (u = 0; u < nv; u++) {                                                        \
+        p = u < nv - 1 ? u * L : W - L;                                               \
+        switch ((u == 0) * 4 + (u == nv - 1) * 2 + (u == nv - 1 && ov > 0)) {         \
+        case 0: cy_dw_strips3_dot_col_##S(a, g, x, H, W, p, keep, 0, 0, 0); break;    \
+        case 4: cy_dw_strips3_dot_col_##S(a, g, x, H, W, p, keep, 1, 0, 0); break;    \
+        case 2: cy_dw_strips3_dot_col_##S(a, g, x, H, W, p, keep, 0, 1, 0); break;    \
+        case 3: cy_dw_strips3_dot_col_##S(a, g, x, H, W, p, keep, 0, 1, 1); break;    \
+        case 6: cy_dw_strips3_dot_col_##S(a, g, x, H, W, p, keep, 1, 1, 0); break;    \
+        }                                                                             \
+    }                                                                                 \
+    for (i = 0; i < 9; i++)                                                           \
+        out[i] += CY_HSUM(T, L, a[i]);                                                \
+}
+
+CY_DEFINE_DW_STRIPS3_DOT(f, float, cy_v8f, cy_v8i, 8)
+CY_DEFINE_DW_STRIPS3_DOT(d, double, cy_v4d, cy_v4l, 4)
+
 #define CY_DOT_MAX 12    /* taps per pass: 12 sums + g + a product in 16 registers */
 
 #define CY_DEFINE_TAPS_DOT(NAME, T, V, L)                                             \

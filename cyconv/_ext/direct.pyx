@@ -197,6 +197,10 @@ cdef extern from "_simd.h" nogil:
                            Py_ssize_t H, Py_ssize_t W)
     void cy_dw_same3_dot_d(double* out, const double* g, const double* x,
                            const double* zero, Py_ssize_t H, Py_ssize_t W)
+    void cy_dw_strips3_dot_f(float* out, const float* g, const float* x, Py_ssize_t H,
+                             Py_ssize_t W)
+    void cy_dw_strips3_dot_d(double* out, const double* g, const double* x, Py_ssize_t H,
+                             Py_ssize_t W)
     int cy_f_fill_check(float* dst, Py_ssize_t ds, const float* src, Py_ssize_t R,
                         Py_ssize_t n)
     int cy_d_fill_check(double* dst, Py_ssize_t ds, const double* src, Py_ssize_t R,
@@ -269,8 +273,14 @@ cdef inline void dw_same3_dot(floating* out, const floating* gy, const floating*
                               const floating* zero, Py_ssize_t H,
                               Py_ssize_t W) noexcept nogil:
     """The weight gradient of one dw_same3 plane, added into out[0:9] (see _simd.h):
-    out[kh*3 + kw] += sum_{h, j} gy[h, j] * x[h + kh - 1, j + kw - 1], zero outside."""
-    if floating is float:
+    out[kh*3 + kw] += sum_{h, j} gy[h, j] * x[h + kh - 1, j + kw - 1], zero outside.
+    Planes of up to CY_DW_STRIPS_MAX bytes in rolling column strips, as dw_same3."""
+    if H * W * <Py_ssize_t> sizeof(floating) <= CY_DW_STRIPS_MAX:
+        if floating is float:
+            cy_dw_strips3_dot_f(out, gy, x, H, W)
+        else:
+            cy_dw_strips3_dot_d(out, gy, x, H, W)
+    elif floating is float:
         cy_dw_same3_dot_f(out, gy, x, zero, H, W)
     else:
         cy_dw_same3_dot_d(out, gy, x, zero, H, W)
