@@ -615,6 +615,18 @@ CY_DEFINE_DW_STRIPS3(d, double, cy_v4d, 4)
  * ov lanes are cleared in g *and* in x (a bit mask), so they add exactly +0 even where
  * x holds Inf or NaN.  The order of the sums depends on H and W only. */
 #define CY_DEFINE_DW_SAME3_DOT(S, T, V, VI, L)                                         \
+/* lanes kept in a row's overlapping last vector: all but its first ov (all if 0) */  \
+static inline VI cy_dw_keep_##S(Py_ssize_t ov)                                        \
+{                                                                                     \
+    VI lane, keep;                                                                    \
+    int i;                                                                            \
+    for (i = 0; i < L; i++) {                                                         \
+        lane[i] = i;                                                                  \
+        keep[i] = ov;                                                                 \
+    }                                                                                 \
+    return lane >= keep;                                                              \
+}                                                                                     \
+                                                                                      \
 static inline __attribute__((always_inline)) void cy_dw_same3_dot_blk_##S(             \
     V *acc, const T *g, Py_ssize_t W, const T *const *row, Py_ssize_t p, VI keep,     \
     const int R, const int LEFT, const int RIGHT, const int MASK)                     \
@@ -648,15 +660,10 @@ static void cy_dw_same3_dot_##S(T *out, const T *g, const T *x, const T *zero,  
                                 Py_ssize_t H, Py_ssize_t W)                           \
 {                                                                                     \
     const Py_ssize_t nv = (W + L - 1) / L, ov = nv * L - W;                           \
-    VI lane, keep;                                                                    \
+    const VI keep = cy_dw_keep_##S(ov);                                                \
     V a[9];                                                                           \
     const T *row[5];                                                                  \
     Py_ssize_t r0, i, u, R, p, h;                                                     \
-    for (i = 0; i < L; i++) {                                                         \
-        lane[i] = i;                                                                  \
-        keep[i] = ov;                                                                 \
-    }                                                                                 \
-    keep = lane >= keep;                                                              \
     for (i = 0; i < 9; i++)                                                           \
         a[i] = (V){0};                                                                \
     for (r0 = 0; r0 < H; r0 += R) {                                                   \
@@ -770,14 +777,9 @@ static void cy_dw_strips3_dot_##S(T *out, const T *g, const T *x, Py_ssize_t H, 
                                   Py_ssize_t W)                                       \
 {                                                                                     \
     const Py_ssize_t nv = (W + L - 1) / L, ov = nv * L - W;                           \
-    VI lane, keep;                                                                    \
+    const VI keep = cy_dw_keep_##S(ov);                                                \
     V a[9];                                                                           \
     Py_ssize_t i, u, p;                                                               \
-    for (i = 0; i < L; i++) {                                                         \
-        lane[i] = i;                                                                  \
-        keep[i] = ov;                                                                 \
-    }                                                                                 \
-    keep = lane >= keep;                                                              \
     for (i = 0; i < 9; i++)                                                           \
         a[i] = (V){0};                                                                \
     for (u = 0; u < nv; u++) {                                                        \
