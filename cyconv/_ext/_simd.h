@@ -382,12 +382,30 @@ CY_DEFINE_STRIDE2(d, double, cy_v4d, 4)
 #ifndef CY_DW_AHEAD
 #define CY_DW_AHEAD 2048
 #endif
+/* x[r, c + kw - 1 : c + kw - 1 + L] for the vector at column c of a row (s = x + r * W
+ * + c), the padding column shifted in as a zero lane by the first vector (LEFT, kw = 0)
+ * and the last (RIGHT, kw = 2): the input vector of every 3x3 'same' row kernel. */
+#define CY_DEFINE_DW3_IN(S, T, V)                                                      \
+static inline __attribute__((always_inline)) V cy_dw3_in_##S(                          \
+    const T *s, int kw, const int LEFT, const int RIGHT)                              \
+{                                                                                     \
+    V z = {0};                                                                        \
+    if (LEFT && kw == 0)                                                              \
+        return CY_SHR1_##S(*(const V *)s, z);                                         \
+    if (RIGHT && kw == 2)                                                             \
+        return CY_SHL1_##S(*(const V *)s, z);                                         \
+    return *(const V *)(s + kw - 1);                                                  \
+}
+
+CY_DEFINE_DW3_IN(f, float, cy_v8f)
+CY_DEFINE_DW3_IN(d, double, cy_v4d)
+
 #define CY_DEFINE_DW_SAME3(S, T, V, L)                                                 \
 static inline __attribute__((always_inline)) void cy_dw_same3_blk_##S(                 \
     T *y, Py_ssize_t ys, const T *const *row, const T *wt, Py_ssize_t c0,             \
     Py_ssize_t dl, T b, const int R, const int U, const int LEFT, const int RIGHT)    \
 {                                                                                     \
-    V a[3][4], w[3], z = {0};                                                         \
+    V a[3][4], w[3];                                                                  \
     int r, u, i, k, kw;                                                               \
     _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                                   \
         _Pragma("GCC unroll 4") for (u = 0; u < U; u++)                               \
@@ -397,14 +415,8 @@ static inline __attribute__((always_inline)) void cy_dw_same3_blk_##S(          
             w[k] = (V){0} + wt[k * 3 + kw];                                           \
         _Pragma("GCC unroll 5") for (i = 0; i < R + 2; i++)                           \
             _Pragma("GCC unroll 4") for (u = 0; u < U; u++) {                         \
-                const T *s = row[i] + c0 + (u == U - 1 ? dl : u * L);                 \
-                V v;                                                                  \
-                if (LEFT && u == 0 && kw == 0)                                        \
-                    v = CY_SHR1_##S(*(const V *)s, z);                                \
-                else if (RIGHT && u == U - 1 && kw == 2)                              \
-                    v = CY_SHL1_##S(*(const V *)s, z);                                \
-                else                                                                  \
-                    v = *(const V *)(s + kw - 1);                                     \
+                V v = cy_dw3_in_##S(row[i] + c0 + (u == U - 1 ? dl : u * L), kw,      \
+                                    LEFT && u == 0, RIGHT && u == U - 1);             \
                 _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                       \
                     if (i - r >= 0 && i - r < 3)                                      \
                         a[r][u] += w[i - r] * v;                                      \
@@ -484,18 +496,6 @@ CY_DEFINE_DW_SAME3(d, double, cy_v4d, 4)
 #define CY_DW_STRIPS_AHEAD 4
 #endif
 #define CY_DEFINE_DW_STRIPS3(S, T, V, L)                                               \
-/* x[r, c + kw - 1 : c + kw - 1 + L] for the vector at column c (s = x + r * W + c) */  \
-static inline __attribute__((always_inline)) V cy_dw_strips3_in_##S(                   \
-    const T *s, int kw, const int LEFT, const int RIGHT)                              \
-{                                                                                     \
-    V z = {0};                                                                        \
-    if (LEFT && kw == 0)                                                              \
-        return CY_SHR1_##S(*(const V *)s, z);                                         \
-    if (RIGHT && kw == 2)                                                             \
-        return CY_SHL1_##S(*(const V *)s, z);                                         \
-    return *(const V *)(s + kw - 1);                                                  \
-}                                                                                     \
-                                                                                      \
 /* one input row xr (the zero row when ZERO) into the sums that read it: A (kh = 2),   \
  * B (kh = 1), C (kh = 0, started from the bias), each only when DA / DB / DC */      \
 static inline __attribute__((always_inline)) void cy_dw_strips3_row_##S(               \
@@ -511,8 +511,8 @@ static inline __attribute__((always_inline)) void cy_dw_strips3_row_##S(        
         _Pragma("GCC unroll 2") for (u = 0; u < U; u++) {                             \
             V v = {0};                                                                \
             if (!ZERO)                                                                \
-                v = cy_dw_strips3_in_##S(xr + c0 + (u == U - 1 ? dl : u * L), kw,     \
-                                         LEFT && u == 0, RIGHT && u == U - 1);        \
+                v = cy_dw3_in_##S(xr + c0 + (u == U - 1 ? dl : u * L), kw,            \
+                                  LEFT && u == 0, RIGHT && u == U - 1);               \
             if (DA)                                                                   \
                 A[u] += w[6 + kw] * v;                                                \
             if (DB)                                                                   \
@@ -631,7 +631,7 @@ static inline __attribute__((always_inline)) void cy_dw_same3_dot_blk_##S(      
     V *acc, const T *g, Py_ssize_t W, const T *const *row, Py_ssize_t p, VI keep,     \
     const int R, const int LEFT, const int RIGHT, const int MASK)                     \
 {                                                                                     \
-    V G[3], z = {0};                                                                  \
+    V G[3];                                                                           \
     int r, i, kw;                                                                     \
     _Pragma("GCC unroll 3") for (r = 0; r < R; r++) {                                 \
         G[r] = *(const V *)(g + r * W + p);                                           \
@@ -640,14 +640,7 @@ static inline __attribute__((always_inline)) void cy_dw_same3_dot_blk_##S(      
     }                                                                                 \
     _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++)                                \
         _Pragma("GCC unroll 5") for (i = 0; i < R + 2; i++) {                         \
-            const T *s = row[i] + p;                                                  \
-            V v;                                                                      \
-            if (LEFT && kw == 0)                                                      \
-                v = CY_SHR1_##S(*(const V *)s, z);                                    \
-            else if (RIGHT && kw == 2)                                                \
-                v = CY_SHL1_##S(*(const V *)s, z);                                    \
-            else                                                                      \
-                v = *(const V *)(s + kw - 1);                                         \
+            V v = cy_dw3_in_##S(row[i] + p, kw, LEFT, RIGHT);                         \
             if (MASK)                                                                 \
                 v = (V)((VI)v & keep);                                                \
             _Pragma("GCC unroll 3") for (r = 0; r < R; r++)                           \
@@ -710,14 +703,6 @@ CY_DEFINE_DW_SAME3_DOT(d, double, cy_v4d, cy_v4l, 4)
  * vector's shared lanes are cleared in g and x as in dw_same3_dot.  The order of the
  * sums depends on H and W only. */
 #define CY_DEFINE_DW_STRIPS3_DOT(S, T, V, VI, L)                                       \
-/* input row xr (s = xr + p) at kw, padding shifted in, shared lanes cleared */       \
-static inline __attribute__((always_inline)) V cy_dw_strips3_dot_in_##S(               \
-    const T *s, int kw, VI keep, const int LEFT, const int RIGHT, const int MASK)     \
-{                                                                                     \
-    V v = cy_dw_strips3_in_##S(s, kw, LEFT, RIGHT);                                   \
-    return MASK ? (V)((VI)v & keep) : v;                                              \
-}                                                                                     \
-                                                                                      \
 /* input row r against g rows r + 1 (when D0), r and r - 1 (when D2) */               \
 static inline __attribute__((always_inline)) void cy_dw_strips3_dot_row_##S(           \
     V *a, const T *s, V Gp, V G0, V Gm, VI keep, const int LEFT, const int RIGHT,     \
@@ -725,7 +710,9 @@ static inline __attribute__((always_inline)) void cy_dw_strips3_dot_row_##S(    
 {                                                                                     \
     int kw;                                                                           \
     _Pragma("GCC unroll 3") for (kw = 0; kw < 3; kw++) {                              \
-        V v = cy_dw_strips3_dot_in_##S(s, kw, keep, LEFT, RIGHT, MASK);               \
+        V v = cy_dw3_in_##S(s, kw, LEFT, RIGHT);                                      \
+        if (MASK)                                                                     \
+            v = (V)((VI)v & keep);                                                    \
         if (D0)                                                                       \
             a[kw] += Gp * v;                                                          \
         a[3 + kw] += G0 * v;                                                          \
