@@ -110,20 +110,23 @@ def blocked_input_grad_applies(p, itemsize: int) -> bool:
     return blocked_applies(p, itemsize) and input_grad_is_forward(p)
 
 
-def _input_grad_as_forward(p, w):
-    """Geometry and weights of gx = conv(gy, w') for a unit-stride convolution.
-
-    The image and column sides swap, the padding before becomes ``d*(k-1) - pad``, and
-    w'[g*Cg + c, k, taps] = w[g*Kg + k, c, flipped taps].
-    """
+def _input_grad_as_forward(p):
+    """Geometry of gx = conv(gy, w') for a unit-stride convolution: the image and column
+    sides swap and the padding before becomes ``d*(k-1) - pad``."""
     g = p.geometry()
     G, C_img, C_col = g[0:3]
     k, pad, dil = g[9:12], g[15:18], g[18:21]
     flipped = tuple(d * (kk - 1) - pb for d, kk, pb in zip(dil, k, pad))
-    geom = (G, C_col, C_img) + g[6:9] + g[3:6] + k + (1, 1, 1) + flipped + dil
-    Kg, Cg = C_col // G, C_img // G
+    return (G, C_col, C_img) + g[6:9] + g[3:6] + k + (1, 1, 1) + flipped + dil
+
+
+def _flipped_weights(p, w):
+    """w'[g*Cg + c, k, taps] = w[g*Kg + k, c, flipped taps]: the weights of
+    :func:`_input_grad_as_forward` (the blocked kernel reads them from w directly)."""
+    G = p.G
+    Kg, Cg = p.col_channels // G, p.img_channels // G
     wf = w.reshape(G, Kg, Cg, -1)[..., ::-1].transpose(0, 2, 1, 3)
-    return geom, np.ascontiguousarray(wf).reshape(C_img, -1)
+    return np.ascontiguousarray(wf).reshape(p.img_channels, -1)
 
 
 def _launch_args(p, dtype):
@@ -181,10 +184,15 @@ def conv_backward_input(p, gy, w, b, algorithm):
     if (algorithm == "direct" and input_grad_is_forward(p)
             and not _staging_too_big(p)):
         # the forward kernels are the faster ones: run gx = conv(gy, flipped w)
-        geom, wf = _input_grad_as_forward(p, w)
-        fwd = "blocked" if blocked_applies(p, gy.dtype.itemsize) else "direct"
-        kernels(fwd).conv_forward(gy.reshape(N, -1), wf, _bias_or_empty(b, gy.dtype),
-                                  gx.reshape(N, -1), geom, nt, ws)
+        # (the blocked kernel packs its weights from w as it is: no flipped copy)
+        geom = _input_grad_as_forward(p)
+        src, dst, bias = gy.reshape(N, -1), gx.reshape(N, -1), _bias_or_empty(b, gy.dtype)
+        if blocked_applies(p, gy.dtype.itemsize):
+            kernels("blocked").conv_forward(src, w.reshape(w.shape[0], -1), bias, dst, geom,
+                                            nt, ws, flip=True)
+        else:
+            kernels("direct").conv_forward(src, _flipped_weights(p, w), bias, dst, geom, nt,
+                                           ws)
         return gx
     _kernel_module(p, algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
                                            _bias_or_empty(b, gy.dtype), gx.reshape(N, -1),

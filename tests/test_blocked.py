@@ -5,9 +5,9 @@ vector of input and output channels (8 float32 / 4 float64), and for the input g
 (and transposed convolution) of such layers at unit stride.  The main grids use a few
 channels per group and so test the per-channel direct kernel; this grid has channel
 counts that are and are not multiples of the block, output blocks that pair up and one
-left over, both the row-by-row path (stride > 1) and the wide-grid path (unit stride),
-1-D/2-D/3-D, dilation, padding forms, groups and bias.  Every case first checks that the
-blocked kernel really ran.
+left over, output rows that split into every mix of 6-pixel and 3 .. 5-pixel calls (and
+rows of 1 and 2 pixels), 1-D/2-D/3-D, strides, dilation, padding forms, groups and bias.
+Every case first checks that the blocked kernel really ran.
 """
 from __future__ import annotations
 
@@ -38,12 +38,19 @@ BLOCKED_CASES = [
     ConvCase(3, 1, 8, 12, 1, (4, 9, 8), (2, 3, 3), stride=(1, 2, 1), padding="same"),
     ConvCase(3, 2, 12, 8, 1, (6, 5, 5), (3, 1, 2), padding=((1, 1), (0, 0), (1, 0)),
              dilation=(2, 1, 1)),
-    # wide enough rows for the wide-grid sweep (padding columns cost less than rounding
-    # OW up to whole 6-pixel calls)
+    # long rows: 6-pixel calls and a last one or two of 3 .. 5
     ConvCase(2, 2, 16, 24, 1, (6, 40), (3, 3), padding=1, bias=True),
     ConvCase(1, 2, 8, 16, 1, (64,), (3,), padding="same"),
     ConvCase(3, 1, 8, 8, 1, (3, 4, 22), (3, 3, 3), padding=1),
     ConvCase(2, 1, 16, 8, 1, (9, 34), (3, 3), padding=1, dilation=(2, 1)),
+    ConvCase(1, 2, 16, 16, 1, (36,), (3,), padding=1),
+    # rows of 8, 6, 3, 2 and 1 pixels (4 + 4; one call; one call of 3 of which 2 or 1
+    # are stored)
+    ConvCase(2, 2, 16, 16, 1, (6, 8), (3, 3), padding=1),
+    ConvCase(2, 1, 16, 16, 1, (6, 6), (3, 3), padding=1, bias=True),
+    ConvCase(1, 2, 16, 8, 1, (5,), (3,), stride=2, padding=1),
+    ConvCase(2, 2, 16, 24, 1, (5, 2), (3, 3), padding=1, bias=True),
+    ConvCase(2, 1, 8, 16, 1, (4, 3), (3, 3)),
     # dilation and padding large against the image: border calls list only the taps that
     # reach real input (none at all where the padding is wider than the kernel's reach)
     ConvCase(2, 2, 16, 16, 1, (11, 13), (3, 3), padding=6, dilation=6, bias=True),
@@ -61,10 +68,18 @@ def _geometry(case, itemsize=4):
     return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).geometry()
 
 
-def test_grid_covers_both_sweeps():
-    blk = _cpu.kernels("blocked")
-    modes = {blk.wide_grid(_geometry(c), 4) for c in BLOCKED_CASES}
-    assert modes == {True, False}
+def _row_width(case):
+    from cyconv._params import conv_params
+    x_shape = case.x_shape if case.batched else (1,) + case.x_shape
+    return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).col_size[-1]
+
+
+def test_grid_covers_every_row_split():
+    """Rows are cut into 6-pixel calls and a last one or two of 3 .. 5 (7 = 4 + 3,
+    8 = 4 + 4): the grid has every remainder after the 6-pixel calls, and rows of 1 .. 8."""
+    widths = {_row_width(c) for c in BLOCKED_CASES}
+    assert set(range(1, 9)) <= widths
+    assert {w % 6 for w in widths if w > 8} == set(range(6))
 
 
 def _spy(monkeypatch):
@@ -73,9 +88,9 @@ def _spy(monkeypatch):
     calls = []
     real = mod.conv_forward
 
-    def spy(*args):
+    def spy(*args, **kwargs):
         calls.append(args[4])
-        return real(*args)
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(mod, "conv_forward", spy)
     return calls
