@@ -69,25 +69,26 @@ def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
 
     Measured on 2-core AVX2 machines (``python -m cyconv bench --algorithms``): it wins
     by 1.2-2.4x on unit-stride layers with at least 3 taps (ResNet 3x3 at 56x56, dilated,
-    1-D k9, 3-D), forward and input gradient.  im2col + GEMM stays ahead where a GEMM
-    has the most to reuse and the blocked kernel the least: 1x1 and 2-tap kernels,
-    strided layers, without AVX2 (the blocked micro-kernel needs 16 vector registers),
-    and long channel reductions: a GEMM depth k (channels x taps) of 4096 or more, or
-    of 20 or more per output pixel.  Interleaved 3x3 layers, batch 8, 2 threads,
-    direct/im2col forward and input grad: 256 ch at 28x28 (k/pixels 2.9) 0.91 / 0.97,
-    at 14x14 (11.8) 0.91 / 0.99, 320 ch at 14x14 (14.7) 0.95 / 0.93, 384 ch at 14x14
-    (17.6) 0.97 / 1.04, 256 ch at 10x10 (23) 0.95 / 1.05, at 7x7 (47) 1.01 / 1.25,
-    512 ch at 14x14 (k 4608) 1.08 / 1.10, at 28x28 1.12 / 1.01, 1024 ch at 7x7 2.4 / 2.8.
+    1-D k9, 3-D), forward and input gradient, and on strided forward layers (ResNet
+    downsampling, a transposed convolution's input gradient).  im2col + GEMM stays ahead
+    where a GEMM has the most to reuse and the blocked kernel the least: 1x1 and 2-tap
+    kernels, without AVX2 (the blocked micro-kernel needs 16 vector registers), and
+    channel reductions of GEMM depth k (channels x taps) 4096 or more, where a pair of
+    output blocks' weights (k x 64 bytes) outgrows the 512 KiB L2.  Interleaved, batch 8,
+    2 threads, direct/im2col forward / input grad: 3x3 256 ch at 7x7 0.83 / 0.92, at
+    10x10 0.78 / 0.90, 384 ch at 14x14 0.87 / 0.93 (k 3456), 512 ch at 7x7, 14x14, 28x28
+    0.95-0.97 / 1.00-1.15 (k 4608), 640 ch at 7x7 1.05 / 1.30, 768 ch 1.17 / 1.56;
+    strided forward: 3x3 stride 2 0.84-0.89 (64-128 ch), 0.97-0.98 (256-512 ch at 14x14),
+    4x4 stride 2 0.70-0.86, but 1x1 stride 2 1.36.
     """
     from . import _cpu
     if _cpu.ISA != "avx2" or direction == "backward_weight":
         return False
-    if any(s != 1 for s in p.stride) or math.prod(p.kernel_size) < 3:
+    if math.prod(p.kernel_size) < 3:
         return False
     if direction == "forward":
-        ok, k, pixels = _cpu.blocked_applies(p, itemsize), p.gemm_k, p.pixels
+        ok, k = _cpu.blocked_applies(p, itemsize), p.gemm_k
     else:   # the input gradient runs as a forward conv from column side to image side
         ok = _cpu.blocked_input_grad_applies(p, itemsize)
         k = p.col_channels // p.G * math.prod(p.kernel_size)
-        pixels = math.prod(p.img_size)
-    return ok and k < 4096 and k < 20 * pixels
+    return ok and k < 4096

@@ -50,15 +50,28 @@ def test_dense_weight_gradient_goes_direct_only_for_thin_gemms(x_shape, w_shape,
 @avx2
 @pytest.mark.parametrize("direction", ("forward", "backward_input"))
 @pytest.mark.parametrize("x_shape, w_shape, expected", [
-    ((8, 256, 28, 28), (256, 256, 3, 3), "direct"),         # k = 2304, 784 pixels
-    ((8, 256, 14, 14), (256, 256, 3, 3), "direct"),         # k / pixels = 11.8
-    ((8, 384, 14, 14), (384, 384, 3, 3), "direct"),         # 17.6
-    ((8, 256, 10, 10), (256, 256, 3, 3), "im2col"),         # 23
-    ((8, 256, 7, 7), (256, 256, 3, 3), "im2col"),           # 47
-    ((8, 64, 7, 7), (64, 64, 3, 3), "direct"),              # 11.8
-    ((8, 512, 28, 28), (512, 512, 3, 3), "im2col"),         # k = 4608
+    ((8, 256, 28, 28), (256, 256, 3, 3), "direct"),         # k = 2304
+    ((8, 256, 7, 7), (256, 256, 3, 3), "direct"),
+    ((8, 384, 14, 14), (384, 384, 3, 3), "direct"),         # k = 3456
+    ((8, 64, 7, 7), (64, 64, 3, 3), "direct"),
+    ((8, 512, 7, 7), (512, 512, 3, 3), "im2col"),           # k = 4608
+    ((8, 512, 28, 28), (512, 512, 3, 3), "im2col"),
+    ((8, 256, 28, 28), (128, 256, 1, 1), "im2col"),         # 1 tap
 ])
-def test_long_channel_reductions_over_small_planes_stay_on_im2col(x_shape, w_shape, expected,
-                                                                  direction):
-    p = _p(x_shape, w_shape, padding=1)
+def test_long_channel_reductions_stay_on_im2col(x_shape, w_shape, expected, direction):
+    p = _p(x_shape, w_shape, padding=w_shape[-1] // 2)
     assert select_algorithm(p, direction, 4, 2) == expected
+
+
+@avx2
+@pytest.mark.parametrize("x_shape, w_shape, stride, expected", [
+    ((8, 128, 28, 28), (256, 128, 3, 3), 2, "direct"),      # ResNet downsampling
+    ((16, 128, 16, 16), (256, 128, 4, 4), 2, "direct"),     # DCGAN's input gradient
+    ((8, 512, 14, 14), (512, 512, 3, 3), 2, "im2col"),      # k = 4608
+    ((8, 256, 28, 28), (256, 256, 1, 1), 2, "im2col"),      # 1 tap
+])
+def test_strided_forward(x_shape, w_shape, stride, expected):
+    p = _p(x_shape, w_shape, stride=stride, padding=1 if w_shape[-1] > 1 else 0)
+    assert select_algorithm(p, "forward", 4, 2) == expected
+    # the strided input gradient has no blocked kernel
+    assert select_algorithm(p, "backward_input", 4, 2) == "im2col"
