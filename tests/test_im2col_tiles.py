@@ -111,3 +111,45 @@ def test_small_images_batched_per_gemm(N, dtype, threads, workspace_limit):
     gx = cyconv.grad.conv2d_input((N, 3, 5, 5), w2, gy, padding=1, algorithm="im2col")
     assert_close(gx, reference.conv_input_grad((N, 3, 5, 5), w2, gy, padding=1), dtype,
                  what=f"conv2d_input N={N}")
+
+
+def _tap_gemm_spy(monkeypatch):
+    """Count the forward's calls, so a test can tell that it ran."""
+    mod = _cpu.kernels("im2col")
+    calls = []
+    real = mod.conv_forward
+    monkeypatch.setattr(mod, "conv_forward", lambda *a: calls.append(a[4]) or real(*a))
+    return calls
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("padding, dilation", [
+    (0, 1), (1, 1), ((3, 0), 3), ((0, 5), 5), ((9, 9), 4), ((12, 0), 1), (0, 40)])
+def test_two_tap_1d_forward_as_per_tap_gemms(padding, dilation, dtype, small_tiles, threads,
+                                             monkeypatch):
+    """A 1-D 2-tap forward (WaveNet's causal layers) runs one GEMM per tap on shifted
+    views of x, no column matrix.  Each tap leaves out the columns that read padding, so
+    the first tap may miss the first columns (causal padding), the second the last ones,
+    and with padding wider than the dilation a tap misses whole tiles; groups and bias."""
+    x, w, b = _rng_arrays(dtype, (3, 6, 53), (4, 3, 2), (4,))
+    calls = _tap_gemm_spy(monkeypatch)
+    pairs = padding if isinstance(padding, tuple) else (padding, padding)
+    y = cyconv.conv1d(x, w, b, padding=(pairs,), dilation=dilation, groups=2,
+                      algorithm="im2col")
+    assert len(calls) == 1
+    ref = reference.conv(x, w, b, 1, (pairs,), dilation, 2)
+    assert_close(y, ref, dtype, what=f"conv1d padding={padding} dilation={dilation}")
+
+
+@pytest.mark.parametrize("bad", [np.inf, -np.inf, np.nan])
+def test_two_tap_1d_forward_nonfinite_weight_meets_the_padding(bad):
+    """A NaN or Inf weight times the padding's zeros is NaN, as in the reference: the
+    per-tap GEMMs (which leave padding columns out) give way to the column matrix."""
+    x, w = _rng_arrays(np.float64, (2, 3, 20), (2, 3, 2))
+    w[1, 2, 0] = bad
+    y = cyconv.conv1d(x, w, padding=((2, 1),), algorithm="im2col")
+    ref = reference.conv(x, w, None, 1, ((2, 1),), 1, 1)
+    np.testing.assert_array_equal(np.isnan(y), np.isnan(ref))
+    assert np.isnan(ref[:, 1, :2]).all()      # the padding columns
+    finite = np.isfinite(ref)
+    np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-12, atol=1e-12)
