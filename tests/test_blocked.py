@@ -43,14 +43,6 @@ BLOCKED_CASES = [
     ConvCase(1, 2, 8, 16, 1, (64,), (3,), padding="same"),
     ConvCase(3, 1, 8, 8, 1, (3, 4, 22), (3, 3, 3), padding=1),
     ConvCase(2, 1, 16, 8, 1, (9, 34), (3, 3), padding=1, dilation=(2, 1)),
-    ConvCase(1, 2, 16, 16, 1, (36,), (3,), padding=1),
-    # rows of 8, 6, 3, 2 and 1 pixels (4 + 4; one call; one call of 3 of which 2 or 1
-    # are stored)
-    ConvCase(2, 2, 16, 16, 1, (6, 8), (3, 3), padding=1),
-    ConvCase(2, 1, 16, 16, 1, (6, 6), (3, 3), padding=1, bias=True),
-    ConvCase(1, 2, 16, 8, 1, (5,), (3,), stride=2, padding=1),
-    ConvCase(2, 2, 16, 24, 1, (5, 2), (3, 3), padding=1, bias=True),
-    ConvCase(2, 1, 8, 16, 1, (4, 3), (3, 3)),
     # dilation and padding large against the image: border calls list only the taps that
     # reach real input (none at all where the padding is wider than the kernel's reach)
     ConvCase(2, 2, 16, 16, 1, (11, 13), (3, 3), padding=6, dilation=6, bias=True),
@@ -58,6 +50,17 @@ BLOCKED_CASES = [
     ConvCase(3, 1, 8, 8, 1, (5, 6, 7), (3, 3, 3), padding=3, dilation=(3, 2, 4), bias=True),
     ConvCase(1, 2, 16, 8, 1, (20,), (5,), padding=30, dilation=6, bias=True),
     ConvCase(2, 1, 8, 8, 1, (4, 40), (3, 5), padding=((9, 0), (2, 30)), dilation=(4, 7)),
+    # rows of 36 (6 calls of 6), 8, 6, 3, 2 and 1 pixels (4 + 4; one call; one call of 3
+    # of which 2 or 1 are stored)
+    ConvCase(1, 2, 16, 16, 1, (36,), (3,), padding=1),
+    ConvCase(2, 2, 16, 16, 1, (6, 8), (3, 3), padding=1),
+    ConvCase(2, 1, 16, 16, 1, (6, 6), (3, 3), padding=1, bias=True),
+    ConvCase(1, 2, 16, 8, 1, (5,), (3,), stride=2, padding=1),
+    ConvCase(2, 2, 16, 24, 1, (5, 2), (3, 3), padding=1, bias=True),
+    ConvCase(2, 1, 8, 16, 1, (4, 3), (3, 3)),
+    # one long 1-D sample: too few rows for the threads, so rows are cut across too
+    ConvCase(1, 1, 16, 24, 1, (1000,), (3,), padding=1, bias=True),
+    ConvCase(1, 1, 8, 16, 1, (2001,), (4,), stride=2, padding=3, dilation=2),
 ]
 IDS = [c.id for c in BLOCKED_CASES]
 
@@ -157,11 +160,12 @@ def test_unit_stride_transposed_conv_matches_reference(spec, dtype, monkeypatch)
     assert_close(y, reference.conv_transpose(x, w, b, 1, pad, 0, G, dil), dtype)
 
 
-@pytest.mark.parametrize("case", [BLOCKED_CASES[i] for i in (0, 2, 3, 8, 12, 13, 14, 19, 21)],
+@pytest.mark.parametrize("case", [BLOCKED_CASES[i] for i in (0, 2, 3, 8, 12, 13, 14, 19, 21,
+                                                              -2, -1)],
                          ids=lambda c: c.id)
 def test_bit_identical_for_any_thread_count_and_workspace(case):
-    """Chunking (whole samples, slabs of depth slices or rows, down to one) and the
-    thread count never change a bit."""
+    """Chunking (whole samples, slabs of depth slices or rows, down to one; rows cut
+    across for a long 1-D sample) and the thread count never change a bit."""
     x, w, b = case.numpy_arrays(np.float32)
     gy = case.grad_output(np.float32)
     op = getattr(cyconv, case.op)

@@ -66,6 +66,7 @@ cdef extern from "_blocked.h" nogil:
 
 cdef enum:
     MAX_LISTED = 512        # taps one call can list; a longer kernel always runs them all
+    COL_MIN = 96            # fewest output columns of a work item cut across a row
 
 
 def lanes(Py_ssize_t itemsize):
@@ -292,12 +293,13 @@ cdef inline void _micro(int ur, floating* y, Py_ssize_t ys, Py_ssize_t nk, Py_ss
 
 
 cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t od, Py_ssize_t oh0,
-                 Py_ssize_t oh1, Py_ssize_t rbase, const floating* xsl, Py_ssize_t xs,
-                 Py_ssize_t splane, const floating* wa, const floating* bias,
-                 const Taps* tp, const Geom* g, const Blk* q) noexcept nogil:
-    """Output rows [oh0, oh1) of output depth od, for nk (<= 2L) output channels from
-    ypl on, row by row in calls of _split pixels.  xsl is the packed slab whose first
-    row is padded input row rbase.
+                 Py_ssize_t oh1, Py_ssize_t ow0, Py_ssize_t ow1, Py_ssize_t rbase,
+                 const floating* xsl, Py_ssize_t xs, Py_ssize_t splane, const floating* wa,
+                 const floating* bias, const Taps* tp, const Geom* g,
+                 const Blk* q) noexcept nogil:
+    """Output rows [oh0, oh1), columns [ow0, ow1) of output depth od, for nk (<= 2L)
+    output channels from ypl on, row by row in calls of _split pixels.  xsl is the
+    packed slab whose first row is padded input row rbase.
 
     With tp.skip a call whose pixels lie near the border runs only the taps that reach
     real input for them (_list_taps); interior calls, told apart by the precomputed
@@ -310,15 +312,15 @@ cdef void _sweep(floating* ypl, Py_ssize_t nk, Py_ssize_t od, Py_ssize_t oh0,
     cdef bint skip = tp.skip, dfull = tp.fd0 <= od <= tp.fd1, hfull
     for oh in range(oh0, oh1):
         hfull = dfull and tp.fh0 <= oh <= tp.fh1
-        j = 0
-        while j < g.OW:
-            ur = _split(g.OW - j)
+        j = ow0
+        while j < ow1:
+            ur = _split(ow1 - j)
             toff, woff, nt = tp.toff, NULL, g.KK
             c1 = j + ur - 1
             if skip and not (hfull and tp.fw0 <= j and c1 <= tp.fw1):
                 nt = _list_taps(tl, wl, tp, g, od, oh, oh, j, c1)
                 toff, woff = tl, wl
-            _micro(_max(ur, CY_UR_MIN), ypl + oh * g.OW, g.P, nk, j, g.OW,
+            _micro(_max(ur, CY_UR_MIN), ypl + oh * g.OW, g.P, nk, j, ow1,
                    xsl + ((oh * g.SH - rbase) * q.Wp + j * g.SW) * L, xs, splane, wa,
                    q.wblk, toff, woff, nt, g, q, bias)
             j = j + ur
@@ -328,15 +330,16 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
                      const floating* b, const floating* wb, floating* xb,
                      const Taps* tp, Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t o0,
                      Py_ssize_t PC, Py_ssize_t R0, Py_ssize_t NR, Py_ssize_t RB,
-                     Py_ssize_t NRB, Py_ssize_t rows, Py_ssize_t splane, Py_ssize_t simg,
-                     Py_ssize_t xs, Py_ssize_t n_threads, const Geom* g,
-                     const Blk* q) noexcept nogil:
+                     Py_ssize_t NRB, Py_ssize_t CW, Py_ssize_t NCW, Py_ssize_t rows,
+                     Py_ssize_t splane, Py_ssize_t simg, Py_ssize_t xs, Py_ssize_t n_threads,
+                     const Geom* g, const Blk* q) noexcept nogil:
     """Pack the chunk's input slabs, then compute its outputs (two parallel loops).
 
     Samples n0 .. n0+nc; outer output indices o0 ..: PC planes (depth chunk) of all rows,
-    or rows R0 .. R0+NR of the single plane (height chunk).  b is NULL without bias.
+    or rows R0 .. R0+NR of the single plane (height chunk); a work item is RB rows of
+    one plane, CW columns wide (NCW items across).  b is NULL without bias.
     """
-    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh0, k0
+    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh0, k0, ow0
     cdef const floating* xsl
     for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="dynamic"):
         nn = it // (g.G * q.CB)
@@ -344,11 +347,12 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
         c = (it % q.CB) * L
         pack_slab(x + (n0 + nn) * xstride + (gi * g.Cg + c) * g.img_plane, xb + it * splane,
                   _min(L, g.Cg - c), o0, rows, splane, g, q)
-    for it in prange(nc * g.G * PC * NRB, num_threads=n_threads, schedule="dynamic"):
-        oh0 = R0 + (it % NRB) * RB
-        pi = (it // NRB) % PC
-        gi = (it // (NRB * PC)) % g.G
-        nn = it // (NRB * PC * g.G)
+    for it in prange(nc * g.G * PC * NRB * NCW, num_threads=n_threads, schedule="dynamic"):
+        ow0 = (it % NCW) * CW
+        oh0 = R0 + (it // NCW % NRB) * RB
+        pi = (it // (NCW * NRB)) % PC
+        gi = (it // (NCW * NRB * PC)) % g.G
+        nn = it // (NCW * NRB * PC * g.G)
         od = o0 + pi if q.outer_d else 0
         # the slab's first row: plane pi of a depth chunk, or row R0 of a height chunk
         xsl = xb + (nn * g.G + gi) * simg + pi * g.SD * q.inner * L
@@ -356,8 +360,8 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
         for kp in range(q.KP):
             k0 = 2 * kp * L
             _sweep(y + (n0 + nn) * ystride + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW,
-                   _min(2 * L, g.Kg - k0), od, oh0, _min(R0 + NR, oh0 + RB), R0 * g.SH,
-                   xsl, xs, splane, wb + (gi * q.KB + 2 * kp) * q.wblk,
+                   _min(2 * L, g.Kg - k0), od, oh0, _min(R0 + NR, oh0 + RB), ow0,
+                   _min(g.OW, ow0 + CW), R0 * g.SH, xsl, xs, splane, wb + (gi * q.KB + 2 * kp) * q.wblk,
                    b + gi * g.Kg + k0 if b != NULL else NULL, tp, g, q)
 
 
@@ -390,7 +394,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef Py_ssize_t rows = slab_rows(&g, &q, OC)
     cdef Py_ssize_t splane = slab_plane(&g, &q, OC)
     cdef Py_ssize_t simg = q.CB * splane                   # one (sample, group) slab
-    cdef Py_ssize_t o0, oc, PC, R0, NR, RB, NRB
+    cdef Py_ssize_t o0, oc, PC, R0, NR, RB, NRB, CW, NCW
     cdef Py_ssize_t nw = g.G * q.KB * q.wblk
     cdef floating* wb = _alloc(nw, <floating> 0)
     cdef floating* xb = NULL
@@ -431,10 +435,20 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                 NR = g.OH if q.outer_d else oc
                 RB = _max(1, _min(NR, nc * g.G * PC * NR // (16 * n_threads)))
                 NRB = (NR + RB - 1) // RB
+                # too few rows for the threads (a long 1-D signal, one sample): rows are
+                # also cut across, into whole 6-pixel calls of at least COL_MIN pixels
+                NCW = 1
+                if nc * g.G * PC * NRB < 4 * n_threads:
+                    NCW = _max(1, _min((4 * n_threads) // (nc * g.G * PC * NRB),
+                                       g.OW // COL_MIN))
+                CW = (g.OW + NCW - 1) // NCW
+                CW = (CW + CY_UR - 1) // CY_UR * CY_UR
+                NCW = (g.OW + CW - 1) // CW
                 with nogil:
                     _run_chunk(&x[0, 0], x.shape[1], &y[0, 0], y.shape[1],
                                &b[0] if has_bias else NULL, wb, xb, &tp, n0, nc, o0, PC,
-                               R0, NR, RB, NRB, rows, splane, simg, xs, n_threads, &g, &q)
+                               R0, NR, RB, NRB, CW, NCW, rows, splane, simg, xs, n_threads,
+                               &g, &q)
     finally:
         free(xb)
         free(wb)
