@@ -106,8 +106,74 @@ def input_grad_is_forward(p) -> bool:
 
 
 def blocked_input_grad_applies(p, itemsize: int) -> bool:
-    """The input gradient runs as a blocked forward convolution of the output gradient."""
-    return blocked_applies(p, itemsize) and input_grad_is_forward(p)
+    """The input gradient runs as blocked forward convolutions of the output gradient:
+    one at unit stride, one per output phase when strided (:func:`_input_grad_phases`)."""
+    return blocked_applies(p, itemsize) and (input_grad_is_forward(p)
+                                             or _input_grad_phases(p) is not None)
+
+
+def _input_grad_phases(p):
+    """A strided input gradient (a transposed convolution) as unit-stride ones.
+
+    Image positions i = s*m + r of one phase r (per axis) receive gy[o] through the
+    taps t = t0, t0 + s, ... only (t0 = (r + pad) mod s), with o = m + off - j for tap
+    t0 + j*s, off = (r + pad - t0) / s: a unit-stride correlation of gy with those taps
+    flipped, padded J - 1 - off before (J taps).  Per axis, a list of (r, positions,
+    taps, padding before); None where this does not apply: dilation other than 1, or a
+    phase that would need negative padding (padding wider than the kernel)."""
+    cached = p.__dict__.get("_input_grad_phases")
+    if cached is not None or "_input_grad_phases" in p.__dict__:
+        return cached
+    g = p.geometry()
+    img, k, st, pad, dil = g[3:6], g[9:12], g[12:15], g[15:18], g[18:21]
+    axes = []
+    if all(d == 1 for d in dil):
+        for n, kk, s, pb in zip(img, k, st, pad):
+            phases = []
+            for r in range(min(s, n)):
+                t0 = (r + pb) % s
+                taps = tuple(range(t0, kk, s))
+                before = len(taps) - 1 - (r + pb - t0) // s
+                if taps and before < 0:
+                    axes = None
+                    break
+                phases.append((r, len(range(r, n, s)), taps, before))
+            if axes is None:
+                break
+            axes.append(phases)
+    else:
+        axes = None
+    p.__dict__["_input_grad_phases"] = axes
+    return axes
+
+
+def _input_grad_by_phases(p, gy, w, b, gx, nt, ws):
+    """gx of a strided convolution from one blocked forward convolution per output phase
+    (:func:`_input_grad_phases`), each written into its strided slice of gx.  The
+    kernel reads each phase's taps flipped and transposed from a slice of w."""
+    G, C_img, C_col = p.G, p.img_channels, p.col_channels
+    N = gy.shape[0]
+    lead = 3 - p.nd
+    g = p.geometry()
+    gx5 = gx.reshape((N, C_img) + (1,) * lead + p.img_size)
+    w5 = w.reshape((C_col, C_img // G) + g[9:12])
+    bias = _bias_or_empty(b, gy.dtype)
+    blk = kernels("blocked")
+    pd, ph, pw = _input_grad_phases(p)
+    for rd, nd_, td, bd in pd:
+        for rh, nh, th, bh in ph:
+            for rw, nw, tw, bw in pw:
+                out = gx5[:, :, rd::g[12], rh::g[13], rw::g[14]]
+                if not (td and th and tw):      # no tap reaches these positions
+                    out[...] = 0 if b is None else np.reshape(b, (1, -1, 1, 1, 1))
+                    continue
+                wp = np.ascontiguousarray(w5[:, :, list(td)][:, :, :, list(th)][..., list(tw)])
+                geom = ((G, C_col, C_img) + g[6:9] + (nd_, nh, nw)
+                        + (len(td), len(th), len(tw)) + (1, 1, 1) + (bd, bh, bw) + (1, 1, 1))
+                tmp = np.empty((N, C_img, nd_, nh, nw), gy.dtype)
+                blk.conv_forward(gy.reshape(N, -1), wp.reshape(C_col, -1), bias,
+                                 tmp.reshape(N, -1), geom, nt, ws, flip=True)
+                out[...] = tmp
 
 
 def _input_grad_as_forward(p):
@@ -193,6 +259,9 @@ def conv_backward_input(p, gy, w, b, algorithm):
         else:
             kernels("direct").conv_forward(src, _flipped_weights(p, w), bias, dst, geom, nt,
                                            ws)
+        return gx
+    if algorithm == "direct" and blocked_input_grad_applies(p, gy.dtype.itemsize):
+        _input_grad_by_phases(p, gy, w, b, gx, nt, ws)
         return gx
     _kernel_module(p, algorithm).conv_backward_input(gy.reshape(N, -1), w.reshape(w.shape[0], -1),
                                            _bias_or_empty(b, gy.dtype), gx.reshape(N, -1),

@@ -105,6 +105,23 @@ def _unit_stride_no_overpad(case):
                     for (pb, _), d, k in zip(case.pairs, case.dilation_t, case.kernel_size)))
 
 
+def _expected_input_grad_calls(case):
+    """One blocked forward at unit stride; one per output phase that some tap reaches
+    when strided (none where the phases do not apply: dilation, wide padding)."""
+    if _unit_stride_no_overpad(case):
+        return 1
+    from cyconv._params import conv_params
+    x_shape = case.x_shape if case.batched else (1,) + case.x_shape
+    p = conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs)
+    axes = _cpu._input_grad_phases(p)
+    if axes is None:
+        return 0
+    count = 1
+    for phases in axes:
+        count *= sum(1 for _, _, taps, _ in phases if taps)
+    return count
+
+
 def _batched(a, case):
     return a if case.batched else a[None]
 
@@ -129,7 +146,7 @@ def test_input_grad_matches_reference(case, dtype, monkeypatch):
     gy = case.grad_output(dtype)
     gx = getattr(cyconv.grad, f"{case.op}_input")(x.shape, w, gy, **case.kwargs,
                                                    algorithm="direct")
-    assert len(calls) == (1 if _unit_stride_no_overpad(case) else 0)
+    assert len(calls) == _expected_input_grad_calls(case)
     expected = reference.conv_input_grad(_batched(x, case).shape, w, _batched(gy, case),
                                          case.stride_t, case.pairs, case.dilation_t,
                                          case.groups)
@@ -232,3 +249,38 @@ def test_small_channel_groups_keep_the_per_channel_kernel(monkeypatch):
     cyconv.conv2d(x, np.ones((8, 2, 3, 3), np.float32), groups=4, algorithm="direct")
     cyconv.conv2d(x, np.ones((8, 8, 3, 3), np.float32), algorithm="direct")
     assert len(calls) == 1        # groups of 2 channels: per-channel; 8 channels: blocked
+
+
+PHASE_CASES = [
+    # nd, N, C_in, C_out, groups, in size, kernel, stride, padding, output_padding
+    (2, 2, 16, 8, 1, (5, 6), 4, 2, 1, 0),           # DCGAN: 2 x 2 taps per phase
+    (2, 2, 16, 24, 1, (4, 4), 3, 2, 1, 1),          # phases of 2 and 1 taps
+    (1, 2, 16, 8, 1, (9,), 5, 3, 2, 0),             # stride 3
+    (2, 1, 16, 16, 2, (3, 5), 2, 2, 0, 0),          # one tap per phase, groups
+    (3, 2, 8, 16, 1, (3, 4, 2), 3, 2, 1, 1),
+    (2, 2, 8, 8, 1, (4, 4), 1, 2, 0, 1),            # phases no tap reaches: bias only
+    (1, 1, 8, 16, 1, (200,), 4, 2, 1, 0),           # one long sample
+    (2, 2, 8, 8, 1, (3, 7), (2, 5), (1, 3), (0, 2), (0, 2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("spec", PHASE_CASES, ids=lambda s: "-".join(map(str, s)))
+def test_strided_transposed_conv_by_output_phases(spec, dtype, monkeypatch):
+    """A strided transposed convolution (a strided input gradient) with algorithm='direct'
+    runs one blocked forward convolution per output phase of the kernel's taps that
+    reach it, each written into its strided slice of the output."""
+    nd, N, C, K, G, size, k, s, pad, op = spec
+    tup = lambda v: v if isinstance(v, tuple) else (v,) * nd
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((N, C) + size).astype(dtype)
+    w = rng.standard_normal((C, K // G) + tup(k)).astype(dtype)
+    b = rng.standard_normal(K).astype(dtype)
+    calls = _spy(monkeypatch)
+    y = getattr(cyconv, f"conv_transpose{nd}d")(x, w, b, stride=s, padding=pad,
+                                                 output_padding=op, groups=G,
+                                                 algorithm="direct")
+    assert len(calls) >= 1
+    ref = reference.conv_transpose(x, w, b, tup(s), tuple((p, p) for p in tup(pad)), tup(op),
+                                   G, (1,) * nd)
+    assert_close(y, ref, dtype, what=str(spec))
