@@ -149,13 +149,15 @@ def _input_grad_phases(p):
 
 def _input_grad_by_phases(p, gy, w, b, gx, nt, ws):
     """gx of a strided convolution from one blocked forward convolution per output phase
-    (:func:`_input_grad_phases`), each written into its strided slice of gx.  The
-    kernel reads each phase's taps flipped and transposed from a slice of w."""
+    (:func:`_input_grad_phases`), each copied into its strided slice of gx (writing the
+    slices straight from the kernel measured slower: each cache line of gx is then
+    written by every phase).  The kernel reads each phase's taps flipped and
+    transposed from a slice of w."""
     G, C_img, C_col = p.G, p.img_channels, p.col_channels
     N = gy.shape[0]
-    lead = 3 - p.nd
     g = p.geometry()
-    gx5 = gx.reshape((N, C_img) + (1,) * lead + p.img_size)
+    SD, SH, SW = g[12:15]
+    gx5 = gx.reshape((N, C_img) + g[3:6])
     w5 = w.reshape((C_col, C_img // G) + g[9:12])
     bias = _bias_or_empty(b, gy.dtype)
     blk = kernels("blocked")
@@ -163,11 +165,12 @@ def _input_grad_by_phases(p, gy, w, b, gx, nt, ws):
     for rd, nd_, td, bd in pd:
         for rh, nh, th, bh in ph:
             for rw, nw, tw, bw in pw:
-                out = gx5[:, :, rd::g[12], rh::g[13], rw::g[14]]
+                out = gx5[:, :, rd::SD, rh::SH, rw::SW]
                 if not (td and th and tw):      # no tap reaches these positions
                     out[...] = 0 if b is None else np.reshape(b, (1, -1, 1, 1, 1))
                     continue
-                wp = np.ascontiguousarray(w5[:, :, list(td)][:, :, :, list(th)][..., list(tw)])
+                # the phase's taps t0, t0 + s, ...: one strided slice per axis
+                wp = np.ascontiguousarray(w5[:, :, td[0]::SD, th[0]::SH, tw[0]::SW])
                 geom = ((G, C_col, C_img) + g[6:9] + (nd_, nh, nw)
                         + (len(td), len(th), len(tw)) + (1, 1, 1) + (bd, bh, bw) + (1, 1, 1))
                 tmp = np.empty((N, C_img, nd_, nh, nw), gy.dtype)
