@@ -112,6 +112,20 @@ def blocked_input_grad_applies(p, itemsize: int) -> bool:
                                              or _input_grad_phases(p) is not None)
 
 
+def _axis_phases(n, k, s, pad):
+    """One axis of :func:`_input_grad_phases`: (r, positions, taps, padding before) per
+    phase r of an image axis n long, or None if a phase needs negative padding."""
+    phases = []
+    for r in range(min(s, n)):
+        t0 = (r + pad) % s
+        taps = tuple(range(t0, k, s))
+        before = len(taps) - 1 - (r + pad - t0) // s
+        if taps and before < 0:
+            return None
+        phases.append((r, len(range(r, n, s)), taps, before))
+    return phases
+
+
 def _input_grad_phases(p):
     """A strided input gradient (a transposed convolution) as unit-stride ones.
 
@@ -120,31 +134,17 @@ def _input_grad_phases(p):
     t0 + j*s, off = (r + pad - t0) / s: a unit-stride correlation of gy with those taps
     flipped, padded J - 1 - off before (J taps).  Per axis, a list of (r, positions,
     taps, padding before); None where this does not apply: dilation other than 1, or a
-    phase that would need negative padding (padding wider than the kernel)."""
-    cached = p.__dict__.get("_input_grad_phases")
-    if cached is not None or "_input_grad_phases" in p.__dict__:
-        return cached
-    g = p.geometry()
-    img, k, st, pad, dil = g[3:6], g[9:12], g[12:15], g[15:18], g[18:21]
-    axes = []
-    if all(d == 1 for d in dil):
-        for n, kk, s, pb in zip(img, k, st, pad):
-            phases = []
-            for r in range(min(s, n)):
-                t0 = (r + pb) % s
-                taps = tuple(range(t0, kk, s))
-                before = len(taps) - 1 - (r + pb - t0) // s
-                if taps and before < 0:
-                    axes = None
-                    break
-                phases.append((r, len(range(r, n, s)), taps, before))
-            if axes is None:
-                break
-            axes.append(phases)
-    else:
+    phase that would need negative padding (padding wider than the kernel).  Computed
+    once per ConvParams."""
+    if "_input_grad_phases" not in p.__dict__:
+        g = p.geometry()
         axes = None
-    p.__dict__["_input_grad_phases"] = axes
-    return axes
+        if all(d == 1 for d in g[18:21]):
+            axes = [_axis_phases(*a) for a in zip(g[3:6], g[9:12], g[12:15], g[15:18])]
+            if any(a is None for a in axes):
+                axes = None
+        p.__dict__["_input_grad_phases"] = axes
+    return p.__dict__["_input_grad_phases"]
 
 
 def _input_grad_by_phases(p, gy, w, b, gx, nt, ws):

@@ -37,6 +37,7 @@ from libc.string cimport memset
 
 from cyconv._ext._types cimport floating
 from cyconv._ext._geom cimport Geom, make_geom
+from cyconv._ext._finite cimport all_finite_n
 
 
 cdef extern from "_blocked.h" nogil:
@@ -214,11 +215,6 @@ cdef void pack_slab(const floating* x, floating* xb, Py_ssize_t nci, Py_ssize_t 
                     dst[i * L + ci] = src[ci * g.img_plane + i]
 
 
-cdef extern from "_simd.h" nogil:
-    int cy_f_all_finite(const float* a, Py_ssize_t n)
-    int cy_d_all_finite(const double* a, Py_ssize_t n)
-
-
 cdef bint pack_weights(const floating* w, floating* wb, bint flip, Py_ssize_t n_threads,
                        const Geom* g, const Blk* q) noexcept nogil:
     """wb[gi][kb][cb][t][ci][co] = w[gi*Kg + k, c*KK + t] for k = kb*L + co and
@@ -253,10 +249,7 @@ cdef bint pack_weights(const floating* w, floating* wb, bint flip, Py_ssize_t n_
                     for co in range(nk):
                         dst[co] = src[co * g.Cg * KK]
         # checked while the block is in cache (zeros where channels overhang are finite)
-        if floating is float:
-            nonfinite += not cy_f_all_finite(<float*> wb + it * q.wblk, q.wblk)
-        else:
-            nonfinite += not cy_d_all_finite(<double*> wb + it * q.wblk, q.wblk)
+        nonfinite += not all_finite_n(wb + it * q.wblk, q.wblk)
     return nonfinite == 0
 
 

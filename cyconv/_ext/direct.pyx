@@ -58,6 +58,7 @@ import numpy as np
 
 from cyconv._ext._types cimport floating
 from cyconv._ext._geom cimport Geom, make_geom
+from cyconv._ext._finite cimport all_finite_n
 
 
 cdef enum:
@@ -205,8 +206,6 @@ cdef extern from "_simd.h" nogil:
                         Py_ssize_t n)
     int cy_d_fill_check(double* dst, Py_ssize_t ds, const double* src, Py_ssize_t R,
                         Py_ssize_t n)
-    int cy_f_all_finite(const float* a, Py_ssize_t n)
-    int cy_d_all_finite(const double* a, Py_ssize_t n)
     void cy_taps_dot_f(float* out, const float* g, const float* src, const Py_ssize_t* off,
                        Py_ssize_t KK, Py_ssize_t m)
     void cy_taps_dot_d(double* out, const double* g, const double* src, const Py_ssize_t* off,
@@ -298,13 +297,11 @@ cdef inline int fill_check(floating* dst, Py_ssize_t ds, const floating* src, Py
 
 def all_finite(const floating[::1] a):
     """True when no element of ``a`` is NaN or Inf (one vectorised pass, no temporary)."""
-    cdef int ok
-    with nogil:
-        if floating is float:
-            ok = cy_f_all_finite(&a[0], a.shape[0]) if a.shape[0] else 1
-        else:
-            ok = cy_d_all_finite(&a[0], a.shape[0]) if a.shape[0] else 1
-    return ok != 0
+    cdef bint ok = True
+    if a.shape[0]:
+        with nogil:
+            ok = all_finite_n(&a[0], a.shape[0])
+    return ok
 
 
 cdef inline void taps_dot(floating* out, const floating* gw, const floating* src,

@@ -50,10 +50,9 @@ from libc.string cimport memset, memcpy
 from cyconv._ext._types cimport floating
 from cyconv._ext._blas cimport gemm_rm
 from cyconv._ext._geom cimport Geom, make_geom, valid_range
+from cyconv._ext._finite cimport all_finite_n
 
 cdef extern from "_simd.h" nogil:
-    int cy_f_all_finite(const float* a, Py_ssize_t n)
-    int cy_d_all_finite(const double* a, Py_ssize_t n)
     void cy_gather2_f(float* dst, const float* src, Py_ssize_t n)
     void cy_gather2_d(double* dst, const double* src, Py_ssize_t n)
     void cy_scatter2_f(float* dst, const float* src, Py_ssize_t n)
@@ -278,10 +277,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef floating* wt = NULL
     cdef Py_ssize_t wts = g.C_col * g.Cg, c
     if taps:       # a NaN or Inf weight must meet the padding's zeros: im2col then
-        if floating is float:
-            taps = cy_f_all_finite(&w[0, 0], w.shape[0] * w.shape[1])
-        else:
-            taps = cy_d_all_finite(&w[0, 0], w.shape[0] * w.shape[1])
+        taps = all_finite_n(&w[0, 0], w.shape[0] * w.shape[1])
     # Chunk the output pixels: within the workspace, and enough chunks to feed the threads.
     cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
     cdef Py_ssize_t tile = g.P if pointwise else _max(1, _min(
