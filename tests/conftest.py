@@ -545,14 +545,14 @@ SPECIAL_CONV_CASES = [
 def run_python(args, timeout, env=None):
     """Run ``python *args`` in a child process that imports the cyconv under test.
 
-    The child gets this cyconv's directory and the tests directory on ``PYTHONPATH``,
-    faulthandler on (a crash prints a traceback), and ``env`` on top of the current
+    The child imports the installed cyconv (the src layout keeps the clone's root from
+    shadowing it) and gets the tests directory on ``PYTHONPATH``, faulthandler on (a
+    crash prints a traceback), and ``env`` on top of the current
     environment (a value of None removes a variable).  A hang past ``timeout`` seconds
     fails the calling test.  Returns the ``CompletedProcess`` (text output).
     """
-    import cyconv
     child_env = dict(os.environ)
-    paths = [os.path.dirname(os.path.dirname(os.path.abspath(cyconv.__file__))), TESTS_DIR]
+    paths = [TESTS_DIR]
     if child_env.get("PYTHONPATH"):
         paths.append(child_env["PYTHONPATH"])
     child_env["PYTHONPATH"] = os.pathsep.join(paths)

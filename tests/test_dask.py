@@ -10,7 +10,6 @@ with the suite's parity tolerance; max pooling, which does no arithmetic, bit fo
 """
 from __future__ import annotations
 
-import pathlib
 import subprocess
 import sys
 import textwrap
@@ -318,9 +317,8 @@ def test_import_without_dask_names_the_fix():
         except ImportError as exc:
             print("ImportError:", exc)
     """)
-    root = pathlib.Path(cyconv.__file__).resolve().parent.parent
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(root), timeout=120)
+                         timeout=120)
     assert res.returncode == 0, res.stderr
     assert "ImportError: cyconv.dask needs Dask" in res.stdout
     assert "pip install cyconv[dask]" in res.stdout

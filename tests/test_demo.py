@@ -1,6 +1,7 @@
 """``python -m cyconv demo``: one epoch end to end, its PNG, and its helpers."""
 from __future__ import annotations
 
+import io
 import re
 import subprocess
 import sys
@@ -25,11 +26,38 @@ def test_demo_one_epoch_writes_png(tmp_path, capsys):
     assert _demo.main(["--epochs", "1", "--out", str(out)]) == 0
     text = capsys.readouterr().out
     assert out.read_bytes().startswith(PNG_SIGNATURE)
-    assert "\repoch 1/1 [" in text                       # the \r progress bar
-    assert re.search(r"45/45  loss \d+\.\d{4}  acc +\d+\.\d%", text)
+    assert "\r" not in text                             # not a terminal: no redraws
+    assert len(re.findall(r"^epoch 1/1 \[#+\] 45/45  loss \d+\.\d{4}  acc +\d+\.\d%  \| "
+                          r"held-out +\d+\.\d%", text, re.M)) == 1
     assert "wall time:" in text
     acc = float(re.search(r"held-out accuracy: (\d+\.\d+)%", text).group(1))
     assert acc > 30.0                                    # chance is 10 %
+
+
+class _Terminal(io.StringIO):
+    def isatty(self):
+        return True
+
+
+def test_progress_bar_redraws_per_batch_on_a_terminal():
+    _needs_demo_extra()
+    x_tr, y_tr, x_te, y_te = _demo.load_digits_split()
+    assert _demo.BATCH_SIZE == 32
+    term, log = _Terminal(), io.StringIO()
+    for out in (term, log):
+        cyconv.manual_seed(0)
+        model = _demo.build_model()
+        _demo.train(model, (x_tr[:96], y_tr[:96], x_te[:32], y_te[:32]), epochs=2, seed=0,
+                    out=out)
+    # 96 images in batches of _demo.BATCH_SIZE = 32: three redraws per epoch on the terminal ...
+    assert term.getvalue().count("\repoch 1/2 [") == 3
+    assert term.getvalue().count("\repoch 2/2 [") == 3
+    # ... and one line per epoch, the same numbers, in a log.
+    lines = log.getvalue().split("\n")[:-1]
+    assert [line[:12] for line in lines] == ["epoch 1/2 [#", "epoch 2/2 [#"]
+    last = [part.rsplit("\r", 1)[-1] for part in term.getvalue().split("\n")[:-1]]
+    assert [line.rsplit("(", 1)[0] for line in last] == \
+        [line.rsplit("(", 1)[0] for line in lines]
 
 
 def test_demo_runs_as_a_module(tmp_path):

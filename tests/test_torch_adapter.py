@@ -415,7 +415,7 @@ def test_import_without_torch_names_the_fix(tmp_path):
             print("ImportError:", exc)
     """)
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(_repo_root()), timeout=120)
+                         timeout=120)
     assert res.returncode == 0, res.stderr
     assert "ImportError: cyconv.torch needs PyTorch" in res.stdout
     assert "pip install torch" in res.stdout
@@ -424,16 +424,9 @@ def test_import_without_torch_names_the_fix(tmp_path):
 def test_importing_cyconv_does_not_import_torch():
     code = "import sys, cyconv, cyconv.functional; print('torch' in sys.modules)"
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                         cwd=str(_repo_root()), timeout=120)
+                         timeout=120)
     assert res.returncode == 0, res.stderr
     assert res.stdout.strip() == "False"
-
-
-def _repo_root():
-    import pathlib
-
-    import cyconv
-    return pathlib.Path(cyconv.__file__).resolve().parent.parent
 
 
 # -- modules and convert ---------------------------------------------------------------------------

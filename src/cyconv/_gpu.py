@@ -48,8 +48,7 @@ import numpy as np
 from . import _cuda
 from ._cuda import ACC_DTYPES, REDUCE_BLOCK, launch
 
-_INSTALL_HINT = ("install the CuPy wheel for your CUDA version, e.g. "
-                 "`pip install cupy-cuda12x` (CUDA 12) or `pip install cupy-cuda13x` (CUDA 13)")
+_INSTALL_HINT = "install the CuPy wheel for your CUDA version: " + _cuda.INSTALL_HINT
 _DEFAULT_WORKSPACE_MB = 1024
 #: dtype in which the weight-gradient partials of successive chunks are summed
 _CHUNK_SUM_DTYPES = {"float16": "float32", "float32": "float64", "float64": "float64"}

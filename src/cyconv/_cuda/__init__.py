@@ -21,6 +21,11 @@ import threading
 
 import numpy as np
 
+#: how to get CuPy, in every "needs CuPy" message: the extra of the driver's CUDA major
+#: version (``nvidia-smi`` shows it).
+INSTALL_HINT = ("pip install 'cyconv[cuda12]' (CUDA 12) or pip install 'cyconv[cuda13]' "
+                "(CUDA 13), which install cupy-cuda12x / cupy-cuda13x")
+
 #: threads per block of every elementwise (grid-stride) kernel.
 BLOCK = 256
 #: threads per block of the block-per-item reductions; must equal CYC_REDUCE_BLOCK.

@@ -115,6 +115,21 @@ def blas_info() -> list:
     return list(_state["blas"])
 
 
+def openmp_info() -> list:
+    """The OpenMP runtimes loaded in this process (threadpoolctl's view): library, version
+    and file.  A repaired wheel shows the copy it bundles (``cyconv.libs/libgomp-*.so``),
+    a source build the system's."""
+    from ._ext import _runtime  # noqa: F401  (linked to the OpenMP runtime: loads it)
+    try:
+        from threadpoolctl import ThreadpoolController
+        libs = [lib for lib in ThreadpoolController().lib_controllers
+                if lib.user_api == "openmp"]
+    except Exception as exc:  # threadpoolctl missing or failing
+        return [{"error": f"could not list OpenMP runtimes: {exc}"}]
+    return [{"library": lib.prefix, "version": lib.version, "filepath": lib.filepath}
+            for lib in libs]
+
+
 def _after_fork_in_child():
     # OpenMP (libgomp) cannot start threads again in a forked child: run serially there.
     # The BLAS settings survive a fork but are re-checked lazily.

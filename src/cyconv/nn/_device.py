@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from .._cuda import INSTALL_HINT
+
 __all__ = ["is_cupy", "array_module", "device_of", "parse_device", "to_device", "layer_dtype"]
 
-_CUDA_HINT = ("install CuPy for your CUDA version (pip install 'cyconv[cuda]' or "
-              "cupy-cuda12x) on a machine with an NVIDIA GPU")
+_CUDA_HINT = (f"install CuPy for your CUDA version ({INSTALL_HINT}) on a machine with "
+              "an NVIDIA GPU")
 
 
 def is_cupy(a) -> bool:

@@ -60,6 +60,7 @@ import warnings
 import numpy as np
 
 import cyconv
+from cyconv import _cuda
 from cyconv import grad as _grad
 
 
@@ -109,7 +110,7 @@ def _cupy(op):
     except ImportError as exc:
         raise TypeError(
             f"{op}: CUDA tensors run on cyconv's GPU kernels, which need CuPy: install it "
-            f"with 'pip install cupy-cuda12x' (or move the tensors to the CPU)") from exc
+            f"with {_cuda.INSTALL_HINT} (or move the tensors to the CPU)") from exc
 
 
 def _to_array(t, op, name):

@@ -6,7 +6,8 @@ import platform
 
 
 def info() -> dict:
-    """Keys: version, openmp, num_threads, blas, simd, cuda (and a few more)."""
+    """Keys: version, openmp, openmp_runtime, num_threads, blas, simd, cuda (and a few
+    more).  ``openmp_runtime`` and ``blas`` name the libraries loaded and their files."""
     from . import __version__, _cpu, _runtime
     from ._ext import _runtime as ext
 
@@ -20,6 +21,7 @@ def info() -> dict:
         "version": __version__,
         "openmp": ext.openmp_enabled(),
         "openmp_threads_seen": ext.threads_used(n),
+        "openmp_runtime": _runtime.openmp_info(),
         "num_threads": n,
         "blas": _runtime.blas_info(),
         "simd": _cpu.ISA,

@@ -1,0 +1,2 @@
+# cyconv/_ext/blocked.pyx, built with -mavx2 -mfma (see meson.build).
+include "../blocked.pyx"
