@@ -17,7 +17,7 @@ import pytest
 import cyconv
 import reference
 from conftest import DTYPES, ConvCase, assert_close, assert_identical
-from cyconv import _cpu
+from cyconv import _cpu, _plan
 
 BLOCKED_CASES = [
     # nd, N, C_in, C_out, groups, in, kernel, stride, padding, dilation, bias
@@ -86,17 +86,10 @@ def test_grid_covers_every_row_split():
 
 
 def _spy(monkeypatch):
-    """Count the blocked kernel's calls."""
-    mod = _cpu.kernels("blocked")
-    calls = []
-    real = mod.conv_forward
-
-    def spy(*args, **kwargs):
-        calls.append(args[4])
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(mod, "conv_forward", spy)
-    return calls
+    """The names of the convolution kernels the CPU backend executes, in order."""
+    executed = []
+    monkeypatch.setattr(_cpu, "trace", executed)
+    return executed
 
 
 def _unit_stride_no_overpad(case):
@@ -105,21 +98,18 @@ def _unit_stride_no_overpad(case):
                     for (pb, _), d, k in zip(case.pairs, case.dilation_t, case.kernel_size)))
 
 
-def _expected_input_grad_calls(case):
-    """One blocked forward at unit stride; one per output phase that some tap reaches
-    when strided (none where the phases do not apply: dilation, wide padding)."""
+def _expected_input_grad_kernel(case):
+    """A blocked forward of gy at unit stride; one per output phase when strided; the
+    per-channel kernel where the phases do not apply (dilation, padding wider than the
+    kernel) -- or im2col, where padding or dilation dwarf the data."""
     if _unit_stride_no_overpad(case):
-        return 1
+        return "blocked_flipped"
     from cyconv._params import conv_params
     x_shape = case.x_shape if case.batched else (1,) + case.x_shape
     p = conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs)
-    axes = _cpu._input_grad_phases(p)
-    if axes is None:
-        return 0
-    count = 1
-    for phases in axes:
-        count *= sum(1 for _, _, taps, _ in phases if taps)
-    return count
+    if _plan.input_grad_phases(p) is not None:
+        return "blocked_phases"
+    return "im2col" if _plan.staging_too_big(p) else "direct"
 
 
 def _batched(a, case):
@@ -132,7 +122,10 @@ def test_forward_matches_reference(case, dtype, monkeypatch):
     calls = _spy(monkeypatch)
     x, w, b = case.numpy_arrays(dtype)
     y = getattr(cyconv, case.op)(x, w, b, **case.kwargs, algorithm="direct")
-    assert len(calls) == 1, "the blocked kernel did not run"
+    assert calls == ["blocked"], "the blocked kernel did not run"
+    plan = cyconv.plan(case.op, x.shape, w.shape, dtype=np.dtype(dtype).name,
+                       algorithm="direct", **case.kwargs)
+    assert plan.kernel == "blocked"
     expected = reference.conv(_batched(x, case), w, b, case.stride_t, case.pairs,
                               case.dilation_t, case.groups)
     assert_close(_batched(y, case), expected, dtype, what=case.id)
@@ -146,7 +139,10 @@ def test_input_grad_matches_reference(case, dtype, monkeypatch):
     gy = case.grad_output(dtype)
     gx = getattr(cyconv.grad, f"{case.op}_input")(x.shape, w, gy, **case.kwargs,
                                                    algorithm="direct")
-    assert len(calls) == _expected_input_grad_calls(case)
+    assert calls == [_expected_input_grad_kernel(case)]
+    plan = cyconv.plan(case.op, x.shape, w.shape, dtype=np.dtype(dtype).name,
+                       direction="input", algorithm="direct", **case.kwargs)
+    assert calls == [plan.kernel]
     expected = reference.conv_input_grad(_batched(x, case).shape, w, _batched(gy, case),
                                          case.stride_t, case.pairs, case.dilation_t,
                                          case.groups)
@@ -173,7 +169,7 @@ def test_unit_stride_transposed_conv_matches_reference(spec, dtype, monkeypatch)
     b = rng.uniform(-1, 1, C_out).astype(dtype)
     y = getattr(cyconv, f"conv_transpose{nd}d")(x, w, b, padding=pad, groups=G, dilation=dil,
                                                  algorithm="direct")
-    assert len(calls) == 1
+    assert calls == ["blocked_flipped"]
     assert_close(y, reference.conv_transpose(x, w, b, 1, pad, 0, G, dil), dtype)
 
 
@@ -248,7 +244,7 @@ def test_small_channel_groups_keep_the_per_channel_kernel(monkeypatch):
     x = np.ones((2, 8, 9, 9), np.float32)
     cyconv.conv2d(x, np.ones((8, 2, 3, 3), np.float32), groups=4, algorithm="direct")
     cyconv.conv2d(x, np.ones((8, 8, 3, 3), np.float32), algorithm="direct")
-    assert len(calls) == 1        # groups of 2 channels: per-channel; 8 channels: blocked
+    assert calls == ["direct", "blocked"]  # groups of 2 channels: per-channel; 8: blocked
 
 
 PHASE_CASES = [
@@ -280,7 +276,7 @@ def test_strided_transposed_conv_by_output_phases(spec, dtype, monkeypatch):
     y = getattr(cyconv, f"conv_transpose{nd}d")(x, w, b, stride=s, padding=pad,
                                                  output_padding=op, groups=G,
                                                  algorithm="direct")
-    assert len(calls) >= 1
+    assert calls == ["blocked_phases"]
     ref = reference.conv_transpose(x, w, b, tup(s), tuple((p, p) for p in tup(pad)), tup(op),
                                    G, (1,) * nd)
     assert_close(y, ref, dtype, what=str(spec))

@@ -437,9 +437,11 @@ def emulated_gpu(emulated_kernels, monkeypatch):
     monkeypatch.setattr(_gpu, "_on_device", lambda a: contextlib.nullcontext())
     monkeypatch.setattr(_gpu, "_device_id", lambda a: 0)
     monkeypatch.setattr(_gpu, "_oom_errors", lambda: (MemoryError,))
-    monkeypatch.setattr(_dispatch, "array_module_name", lambda op, *arrays: "cupy")
-    monkeypatch.setattr(_pool, "array_module_name", lambda op, *arrays: "cupy")
-    return emu
+    monkeypatch.setattr(_dispatch, "array_module_name", lambda op, **arrays: "cupy")
+    monkeypatch.setattr(_pool, "array_module_name", lambda op, **arrays: "cupy")
+    _dispatch.clear_cache()         # plans made for the CPU must not be reused here
+    yield emu
+    _dispatch.clear_cache()
 
 
 @contextlib.contextmanager
@@ -448,7 +450,9 @@ def on_cpu(monkeypatch):
     with monkeypatch.context() as m:
         m.setattr(_dispatch, "array_module_name", _params.array_module_name)
         m.setattr(_pool, "array_module_name", _params.array_module_name)
+        _dispatch.clear_cache()
         yield
+        _dispatch.clear_cache()
 
 
 EMU_DTYPES = [np.float16, np.float32, np.float64]

@@ -127,7 +127,7 @@ def test_depthwise_same3_both_kernels(width, dtype):
     every remainder after the blocks; NaN in a middle row reaches exactly the 3x3 outputs
     around it, and NaN in the corners exactly the 2x2 outputs there, in both kernels."""
     # rows of the tallest plane that still goes in strips
-    strips_max = cyconv._cpu.kernels("direct").DW_STRIPS_MAX
+    strips_max = cyconv._ext.kernels("direct").DW_STRIPS_MAX
     limit = strips_max // (width * np.dtype(dtype).itemsize)
     rng = np.random.default_rng(600 + width)
     for h in (limit - 1, limit, limit + 1, limit + 2, limit + 3):

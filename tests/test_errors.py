@@ -315,22 +315,41 @@ def test_grad_output_dtype_mismatch():
         cyconv.grad.conv2d_input(X.shape, W, np.zeros((2, 4, 6, 6)))
 
 
-@pytest.mark.parametrize("args, kind", [
-    ((X.tolist(), W), "list"),
-    ((X, W.tolist()), "list"),
-    ((X, W, [0.0] * 4), "list"),
-    ((X, W, 0.0), "float"),
-    ((np.float32(1), W), "float32"),
-    ((X, memoryview(W)), "memoryview"),
+@pytest.mark.parametrize("args, name, kind", [
+    ((X.tolist(), W), "input", "list"),
+    ((X, W.tolist()), "weight", "list"),
+    ((X, W, [0.0] * 4), "bias", "list"),
+    ((X, W, 0.0), "bias", "float"),
+    ((np.float32(1), W), "input", "float32"),
+    ((X, memoryview(W)), "weight", "memoryview"),
+    ((None, W), "input", "NoneType"),
+    ((X, None), "weight", "NoneType"),
 ])
-def test_numpy_mixed_with_non_arrays(args, kind):
-    with raises(TypeError, f"conv2d: expected NumPy or CuPy arrays, got {kind}"):
+def test_numpy_mixed_with_non_arrays(args, name, kind):
+    with raises(TypeError, f"conv2d: {name} must be a NumPy or CuPy array, got {kind}"):
         cyconv.conv2d(*args)
+    with raises(TypeError, f"conv2d: {name} must be a NumPy or CuPy array, got {kind}"):
+        cyconv.conv2d(*args)          # the same again: errors are never cached away
+
+
+@pytest.mark.parametrize("call, name", [
+    (lambda: cyconv.conv_transpose2d(None, W), "input"),
+    (lambda: cyconv.grad.conv2d_input(X.shape, None, zeros(2, 4, 6, 6)), "weight"),
+    (lambda: cyconv.grad.conv2d_weight(None, W.shape, zeros(2, 4, 6, 6)), "input"),
+    (lambda: cyconv.grad.conv2d_weight(X, W.shape, None), "grad_output"),
+    (lambda: cyconv.max_pool2d(None, 2), "input"),
+    (lambda: cyconv.relu([1.0]), "input"),
+    (lambda: cyconv.linear(X, None), "weight"),
+    (lambda: cyconv.pad(None, (1, 1)), "input"),
+])
+def test_non_arrays_name_the_argument(call, name):
+    with pytest.raises(TypeError, match=f": {name} must be a NumPy or CuPy array, got "):
+        call()
 
 
 def test_torch_tensor_is_rejected():
     torch = pytest.importorskip("torch")
-    with raises(TypeError, "conv2d: expected NumPy or CuPy arrays, got Tensor"):
+    with raises(TypeError, "conv2d: input must be a NumPy or CuPy array, got Tensor"):
         cyconv.conv2d(torch.zeros(2, 3, 8, 8), W)
 
 
@@ -418,7 +437,7 @@ def test_weight_size_with_empty_dimension():
 
 
 def test_gradient_with_non_array_grad_output():
-    with raises(TypeError, "conv2d_input: expected NumPy or CuPy arrays, got list"):
+    with raises(TypeError, "conv2d_input: grad_output must be a NumPy or CuPy array, got list"):
         cyconv.grad.conv2d_input(X.shape, W, zeros(2, 4, 6, 6).tolist())
 
 

@@ -37,8 +37,8 @@ def test_every_source_file_is_installed():
 
 
 def test_the_clone_root_does_not_shadow_the_installed_package():
-    code = ("import cyconv, cyconv._ext._runtime, cyconv._cpu; "
-            "print(cyconv.__file__); print(cyconv._cpu.kernels('direct').__file__)")
+    code = ("import cyconv, cyconv._ext._runtime; "
+            "print(cyconv.__file__); print(cyconv._ext.kernels('direct').__file__)")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=ROOT, timeout=120)
     assert res.returncode == 0, res.stderr
@@ -49,7 +49,7 @@ def test_the_clone_root_does_not_shadow_the_installed_package():
 
 
 def test_build_info_matches_what_was_built():
-    from cyconv import _build_info, _cpu
+    from cyconv import _build_info, _ext
     from cyconv._ext import _runtime as ext
 
     assert _build_info.OPENMP == ext.openmp_enabled()
@@ -57,7 +57,7 @@ def test_build_info_matches_what_was_built():
     assert _build_info.AVX2_BUILT == x86
     if _build_info.AVX2_BUILT and ext.cpu_has_avx2_fma() and \
             os.environ.get("CYCONV_ISA", "auto") in ("", "auto"):
-        assert _cpu.ISA == "avx2"
+        assert _ext.ISA == "avx2"
 
 
 def test_info_names_the_loaded_openmp_runtime_and_blas():

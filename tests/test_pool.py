@@ -625,10 +625,10 @@ def test_adaptive_zero_output_gradient_is_zero():
 @pytest.mark.parametrize("op, kw", OPS, ids=[o for o, _ in OPS])
 @pytest.mark.parametrize("n", [1, 2, 3])
 def test_thread_count_does_not_change_results(op, kw, n, num_threads):
-    # about 1e6 elements: enough work for cyconv._cpu.threads_for to go parallel
+    # about 1e6 elements: enough work for cyconv._ext.threads_for to go parallel
     shape = {1: (8, 64, 2000), 2: (4, 64, 64, 64), 3: (2, 32, 16, 32, 32)}[int(op[-2])]
     x = np.random.default_rng(0).uniform(-1, 1, shape)
-    assert cyconv._cpu.threads_for(x.size) > 1 or cyconv.get_num_threads() == 1
+    assert cyconv._ext.threads_for(x.size) > 1 or cyconv.get_num_threads() == 1
     fn = getattr(cyconv, op)
     num_threads(1)
     y1 = fn(x, **kw)
@@ -703,7 +703,7 @@ def test_other_dtypes_are_type_errors_naming_the_dtype(call, dtype):
 
 
 def test_non_array_input_is_a_type_error():
-    with pytest.raises(TypeError, match="max_pool2d: expected NumPy or CuPy arrays, got list"):
+    with pytest.raises(TypeError, match="max_pool2d: input must be a NumPy or CuPy array, got list"):
         cyconv.max_pool2d([[[[1.0]]]], 1)
 
 

@@ -1,14 +1,14 @@
-"""The 'auto' algorithm choice (``cyconv/_select.py``): a pure function of the shapes,
+"""The 'auto' algorithm choice (``cyconv/_plan.py``): a pure function of the shapes,
 the dtype's size, the thread count and the device, never of the data or of earlier calls.
 The timing evidence behind each rule is in its docstring and in benchmarks/results/."""
 from __future__ import annotations
 
 import pytest
 
-from cyconv import _cpu, _params
-from cyconv._select import DIRECTIONS, select_algorithm
+from cyconv import _ext, _params
+from cyconv._plan import DIRECTIONS, select_algorithm
 
-avx2 = pytest.mark.skipif(_cpu.ISA != "avx2", reason="the rule is for the AVX2 kernels")
+avx2 = pytest.mark.skipif(_ext.ISA != "avx2", reason="the rule is for the AVX2 kernels")
 
 
 def _p(x_shape, w_shape, **kw):

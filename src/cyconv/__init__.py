@@ -3,7 +3,9 @@
 Importing cyconv never imports CuPy; CuPy arrays are handled when they arrive.
 """
 from . import grad
+from ._dispatch import plan
 from ._info import info
+from ._plan import Plan
 from ._runtime import (get_num_threads, get_workspace_limit, set_num_threads,
                        set_workspace_limit)
 from .functional import (conv1d, conv2d, conv3d, conv_transpose1d, conv_transpose2d,

@@ -569,13 +569,18 @@ def _thread_pools():
         return [{"error": str(exc)}]
 
 
-def _auto_algorithm(case: Case, n_threads):
-    try:
-        from ._select import select_algorithm
-        return select_algorithm(case.p, case.conv_view_direction, case.dtype.itemsize,
-                                n_threads)
-    except Exception:
-        return "?"
+def _auto_plan(case: Case):
+    """The plan of the 'auto' call being timed (the same object the call runs)."""
+    import cyconv
+    s = case.shape
+    op = f"conv_transpose{s.nd}d" if s.transposed else f"conv{s.nd}d"
+    direction = {"forward": "forward", "transposed": "forward", "backward_input": "input",
+                 "backward_weight": "weight"}[case.direction]
+    kw = dict(stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups)
+    if s.transposed:
+        kw["output_padding"] = s.output_padding
+    return cyconv.plan(op, case.arrays["x"].shape, case.arrays["w"].shape,
+                       dtype=case.dtype.name, direction=direction, **kw)
 
 
 # -- running the suite ------------------------------------------------------------------
@@ -651,7 +656,7 @@ def _run_case(s, direction, dtype, algs, torch, rng, threads, repeats, min_time,
             print(f"\n!!! MISMATCH: {name} on {s.name} {direction}: {st}\n",
                   file=sys.stderr, flush=True)
     row = {"shape": s.name, "direction": direction, "describe": s.describe(), "kind": s.kind,
-           "nd": s.nd, "flops": case.p.flops, "auto": _auto_algorithm(case, threads),
+           "nd": s.nd, "flops": case.p.flops, **_plan_columns(case),
            "check": status, "ms": {}, "ratio_vs_torch": {}, "speedup_vs_numpy": None,
            "number": {}, "rounds": 0}
     if not case.contenders:
@@ -672,6 +677,15 @@ def _run_case(s, direction, dtype, algs, torch, rng, threads, repeats, min_time,
         row["speedup_vs_numpy"] = median_ratio(times["numpy"], times["cyconv"])
     row["auto_vs_best"] = _auto_vs_best(row["ratio_vs_torch"])
     return row
+
+
+def _plan_columns(case):
+    """The row's 'auto' algorithm and the kernel its plan names."""
+    try:
+        plan = _auto_plan(case)
+        return {"auto": plan.algorithm, "kernel": plan.kernel}
+    except Exception as exc:   # a report should still come out
+        return {"auto": "?", "kernel": f"? ({type(exc).__name__})"}
 
 
 def _auto_vs_best(ratios):
@@ -756,7 +770,7 @@ def _fmt(v, spec=".2f", suffix=""):
 def table(result) -> str:
     """The results as an aligned Markdown table."""
     algs = result["settings"]["algorithms"]
-    head = ["shape", "direction", "auto", "cyconv ms", "torch ms", "cyconv/torch", "GFLOP/s",
+    head = ["shape", "direction", "kernel", "cyconv ms", "torch ms", "cyconv/torch", "GFLOP/s",
             "% peak"]
     for a in algs:
         head += [f"{a} ms", f"{a}/torch"]
@@ -766,8 +780,9 @@ def table(result) -> str:
     body = []
     for r in result["rows"]:
         ms, rt = r["ms"], r["ratio_vs_torch"]
-        line = [r["shape"], r["direction"], r["auto"], _fmt_ms(ms.get("cyconv")),
-                _fmt_ms(ms.get("torch")), _fmt(rt.get("cyconv")), _fmt(r.get("gflops"), ".1f"),
+        line = [r["shape"], r["direction"], r.get("kernel", r["auto"]),
+                _fmt_ms(ms.get("cyconv")), _fmt_ms(ms.get("torch")), _fmt(rt.get("cyconv")),
+                _fmt(r.get("gflops"), ".1f"),
                 _fmt(None if r.get("peak_fraction") is None else 100 * r["peak_fraction"],
                      ".0f", "%")]
         for a in algs:
@@ -780,7 +795,7 @@ def table(result) -> str:
         body.append(line)
     widths = [max(len(str(c)) for c in col) for col in zip(head, *body)]
     numeric = {i for i, h in enumerate(head)
-               if h not in ("shape", "direction", "auto", "check")}
+               if h not in ("shape", "direction", "kernel", "check")}
 
     def fmt_line(cells):
         return "| " + " | ".join(c.rjust(w) if i in numeric else c.ljust(w)
@@ -938,6 +953,9 @@ def build_parser(prog="python -m cyconv bench") -> argparse.ArgumentParser:
                     help="write a Markdown report here and its JSON beside it")
     ap.add_argument("--plot", metavar="PATH", help="write a PNG bar chart of the ratios")
     ap.add_argument("--list", action="store_true", help="print the shape table and exit")
+    ap.add_argument("--latency", action="store_true",
+                    help="the small-op latency run instead (tiny conv2d and its gradients, "
+                    "relu, max_pool2d; 1 thread unless --threads; needs PyTorch)")
     return ap
 
 
@@ -969,6 +987,8 @@ def main(argv=None, prog="python -m cyconv bench") -> int:
         ap.error(f"--min-time must be non-negative, got {min_time}")
     if args.threads is not None and args.threads < 1:
         ap.error(f"--threads must be at least 1, got {args.threads}")
+    if args.latency:
+        return _latency_main(args, argv, prog, repeats if args.repeats else 21, min_time)
     try:
         names = [n.strip() for n in args.shapes.split(",") if n.strip()] if args.shapes else None
         shapes = select_shapes(args.suite, names)
@@ -989,6 +1009,17 @@ def main(argv=None, prog="python -m cyconv bench") -> int:
     if args.plot:
         print(plot(result, args.plot), file=sys.stderr)
     return 1 if result["summary"]["mismatches"] else 0
+
+
+def _latency_main(args, argv, prog, repeats, min_time) -> int:
+    from . import _latency
+    result = _latency.run(threads=args.threads or 1, repeats=repeats, min_time=min_time,
+                          seed=args.seed)
+    print(_latency.table(result))
+    if args.out:
+        md, js = _latency.write_report(result, args.out, " ".join([prog] + argv))
+        print(f"report written to {md} and {js}", file=sys.stderr)
+    return 1 if any(r["check"] != "ok" for r in result["rows"]) else 0
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -12,7 +12,7 @@ import math
 
 import numpy as np
 
-from ._cpu import kernels, threads_for
+from ._ext import kernels, threads_for
 
 
 def _contiguous(a):

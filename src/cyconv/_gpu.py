@@ -45,7 +45,7 @@ import os
 
 import numpy as np
 
-from . import _cuda
+from . import _cuda, _runtime
 from ._cuda import ACC_DTYPES, REDUCE_BLOCK, launch
 
 _INSTALL_HINT = "install the CuPy wheel for your CUDA version: " + _cuda.INSTALL_HINT
@@ -128,6 +128,7 @@ def set_workspace_limit(nbytes: int) -> None:
     if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
         raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
     _state["workspace"] = int(nbytes)
+    _runtime.settings_changed()
 
 
 def _prepare(p, first, *others):
@@ -217,10 +218,15 @@ def _chunks(N, nb):
         yield n0, min(nb, N - n0)
 
 
-# -- public backend functions (same signatures as cyconv._cpu) -------------------------------
+# -- public backend functions (same signatures as cyconv._cpu): execute a plan -----------------
+#
+# plan.kernel 'im2col' runs the im2col path, and the direct kernels when one sample's
+# columns exceed the workspace limit or an allocation fails (as the plan's reason says);
+# 'direct' runs the direct kernels.
 
-def conv_forward(p, x, w, b, algorithm):
+def conv_forward(plan, x, w, b):
     """Column side from image side: a convolution's output (+ bias)."""
+    p, algorithm = plan.params, plan.kernel
     cp = _xp()
     with _on_device(x):
         x, w, b = _prepare(p, x, w, b)
@@ -233,9 +239,10 @@ def conv_forward(p, x, w, b, algorithm):
         return y
 
 
-def conv_backward_input(p, gy, w, b, algorithm):
+def conv_backward_input(plan, gy, w, b):
     """Image side from column side: a convolution's input gradient, or a transposed
     convolution's output (+ bias)."""
+    p, algorithm = plan.params, plan.kernel
     cp = _xp()
     with _on_device(gy):
         gy, w, b = _prepare(p, gy, w, b)
@@ -248,8 +255,9 @@ def conv_backward_input(p, gy, w, b, algorithm):
         return gx
 
 
-def conv_backward_weight(p, x, gy, algorithm):
+def conv_backward_weight(plan, x, gy):
     """Weight gradient, conv-view shape (C_col, C_img/G, *kernel)."""
+    p, algorithm = plan.params, plan.kernel
     cp = _xp()
     with _on_device(x):
         x, gy = _prepare(p, x, gy)

@@ -8,7 +8,8 @@ import platform
 def info() -> dict:
     """Keys: version, openmp, openmp_runtime, num_threads, blas, simd, cuda (and a few
     more).  ``openmp_runtime`` and ``blas`` name the libraries loaded and their files."""
-    from . import __version__, _cpu, _runtime
+    from . import __version__, _runtime
+    from ._ext import ISA
     from ._ext import _runtime as ext
 
     try:
@@ -24,7 +25,7 @@ def info() -> dict:
         "openmp_runtime": _runtime.openmp_info(),
         "num_threads": n,
         "blas": _runtime.blas_info(),
-        "simd": _cpu.ISA,
+        "simd": ISA,
         "cpu_avx2_fma": ext.cpu_has_avx2_fma(),
         "workspace_bytes": _runtime.get_workspace_limit(),
         "cuda": _cuda_info(),

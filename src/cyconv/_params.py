@@ -350,19 +350,18 @@ def check_dtypes(op: str, xp_name: str, **arrays):
     return first
 
 
-def array_module_name(op: str, *arrays) -> str:
-    """'numpy' or 'cupy' for the arrays given; mixing the two raises TypeError."""
+def array_module_name(op: str, **arrays) -> str:
+    """'numpy' or 'cupy' for the named arrays; anything else (None included) raises
+    TypeError naming the argument, and so does mixing the two."""
     kinds = set()
-    for a in arrays:
-        if a is None:
-            continue
-        mod = type(a).__module__.split(".")[0]
-        if mod == "cupy":
-            kinds.add("cupy")
-        elif isinstance(a, np.ndarray):
+    for name, a in arrays.items():
+        if isinstance(a, np.ndarray):
             kinds.add("numpy")
+        elif type(a).__module__.split(".")[0] == "cupy":
+            kinds.add("cupy")
         else:
-            raise TypeError(f"{op}: expected NumPy or CuPy arrays, got {type(a).__name__}")
+            raise TypeError(f"{op}: {name} must be a NumPy or CuPy array, got "
+                            f"{type(a).__name__}")
     if len(kinds) > 1:
         raise TypeError(f"{op}: arrays mix NumPy (CPU) and CuPy (GPU); move them to one "
                         f"device first (cupy.asarray / cupy.asnumpy)")

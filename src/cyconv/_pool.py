@@ -3,7 +3,9 @@
 Each op takes the package's one path: check devices and dtypes, normalise the arguments
 into a parameter object (:mod:`cyconv._params`), then call the backend for the array
 type (:mod:`cyconv._cpu_pool` for NumPy, :mod:`cyconv._gpu` for CuPy), which works on
-batched arrays; unbatched inputs give unbatched outputs.  Semantics are PyTorch's
+batched arrays; unbatched inputs give unbatched outputs.  The checked parameters are
+cached by the call's arguments (:func:`cyconv._dispatch.planned`), as the convolutions'
+plans are, so a repeated call skips the checks.  Semantics are PyTorch's
 (``torch.nn.functional`` for the ops, PyTorch's autograd for the gradients), except that
 errors PyTorch raises as ``RuntimeError`` are ``ValueError`` here.
 
@@ -14,7 +16,8 @@ errors PyTorch raises as ``RuntimeError`` are ``ValueError`` here.
 from __future__ import annotations
 
 from . import _dispatch
-from ._params import (adaptive_pool_params, array_module_name, check_dtypes, check_indices,
+from ._dispatch import batched, planned, unbatch
+from ._params import (adaptive_pool_params, array_module_name, check_indices,
                       linear_params, pad_params, pool_grad_shape, pool_params, size_tuple)
 
 _FORWARD = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
@@ -27,14 +30,13 @@ __all__ = _FORWARD + [f"grad_{name}" for name in _GRAD]
 
 
 def _prepare(op, **arrays):
-    """Device name ('numpy' | 'cupy') and common float dtype of the named arrays."""
-    xp_name = array_module_name(op, *arrays.values())
-    return xp_name, check_dtypes(op, xp_name, **arrays)
+    """Device ('cpu' | 'cuda') and common float dtype of the named arrays."""
+    return _dispatch.prepare(op, **arrays)
 
 
-def _backend(xp_name):
-    """The module that runs these ops for arrays of ``xp_name`` (_cpu or _gpu)."""
-    return _dispatch.backend(xp_name)
+def _backend(device):
+    """The module that runs these ops on ``device`` (_cpu or _gpu)."""
+    return _dispatch.backend(device)
 
 
 def _check_gy(op, grad_output, expected, detail):
@@ -50,25 +52,33 @@ _SHAPES = {1: ("(N, C, L)", "(C, L)", "L"), 2: ("(N, C, H, W)", "(C, H, W)", "H,
 # -- max pooling ---------------------------------------------------------------------------
 
 def _max_pool(nd, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
-    op = f"max_pool{nd}d"
-    xp_name, _ = _prepare(op, input=input)
-    p = pool_params(op, nd, "max", input.shape, kernel_size, stride, padding, dilation,
-                    ceil_mode)
-    y, idx = _backend(xp_name).max_pool_forward(p, _dispatch.batched(input, p),
-                                                bool(return_indices))
-    y = _dispatch.unbatch(y, p)
-    return (y, _dispatch.unbatch(idx, p)) if return_indices else y
+    device, p = planned(_plan_max_pool, f"max_pool{nd}d", (input,),
+                        (nd, kernel_size, stride, padding, dilation, ceil_mode))
+    y, idx = _backend(device).max_pool_forward(p, batched(input, p), bool(return_indices))
+    y = unbatch(y, p)
+    return (y, unbatch(idx, p)) if return_indices else y
+
+
+def _plan_max_pool(op, input, nd, kernel_size, stride, padding, dilation, ceil_mode):
+    device, _ = _prepare(op, input=input)
+    return device, pool_params(op, nd, "max", input.shape, kernel_size, stride, padding,
+                               dilation, ceil_mode)
 
 
 def _grad_max_pool(nd, grad_output, indices, input_size):
-    op = f"max_pool{nd}d"
-    xp_name, _ = _prepare(op, grad_output=grad_output)
-    array_module_name(op, grad_output, indices)
+    device, ps = planned(_plan_grad_max_pool, f"max_pool{nd}d", (grad_output, indices),
+                         (nd, input_size))
+    gx = _backend(device).max_pool_backward(ps, batched(grad_output, ps),
+                                            batched(indices, ps))
+    return unbatch(gx, ps)
+
+
+def _plan_grad_max_pool(op, grad_output, indices, nd, input_size):
+    device, _ = _prepare(op, grad_output=grad_output)
+    array_module_name(op, grad_output=grad_output, indices=indices)
     ps = pool_grad_shape(op, nd, input_size, grad_output.shape)
     check_indices(op, indices, grad_output.shape)
-    gx = _backend(xp_name).max_pool_backward(ps, _dispatch.batched(grad_output, ps),
-                                             _dispatch.batched(indices, ps))
-    return _dispatch.unbatch(gx, ps)
+    return device, ps
 
 
 _MAX_DOC = """{nd}-D max pooling over an input of shape {shape} or unbatched {ushape}.
@@ -117,24 +127,35 @@ ValueError when an index lies outside the input plane.
 
 def _avg_pool(nd, input, kernel_size, stride, padding, ceil_mode, count_include_pad,
               divisor_override):
-    op = f"avg_pool{nd}d"
-    xp_name, _ = _prepare(op, input=input)
-    p = pool_params(op, nd, "avg", input.shape, kernel_size, stride, padding, 1, ceil_mode,
-                    count_include_pad, divisor_override)
-    y = _backend(xp_name).avg_pool_forward(p, _dispatch.batched(input, p))
-    return _dispatch.unbatch(y, p)
+    device, p = planned(_plan_avg_pool, f"avg_pool{nd}d", (input,),
+                        (nd, kernel_size, stride, padding, ceil_mode, count_include_pad,
+                         divisor_override))
+    return unbatch(_backend(device).avg_pool_forward(p, batched(input, p)), p)
+
+
+def _plan_avg_pool(op, input, nd, kernel_size, stride, padding, ceil_mode,
+                   count_include_pad, divisor_override):
+    device, _ = _prepare(op, input=input)
+    return device, pool_params(op, nd, "avg", input.shape, kernel_size, stride, padding, 1,
+                               ceil_mode, count_include_pad, divisor_override)
 
 
 def _grad_avg_pool(nd, grad_output, input_size, kernel_size, stride, padding, ceil_mode,
                    count_include_pad, divisor_override):
-    op = f"avg_pool{nd}d"
-    xp_name, _ = _prepare(op, grad_output=grad_output)
+    device, p = planned(_plan_grad_avg_pool, f"avg_pool{nd}d", (grad_output,),
+                        (nd, input_size, kernel_size, stride, padding, ceil_mode,
+                         count_include_pad, divisor_override))
+    return unbatch(_backend(device).avg_pool_backward(p, batched(grad_output, p)), p)
+
+
+def _plan_grad_avg_pool(op, grad_output, nd, input_size, kernel_size, stride, padding,
+                        ceil_mode, count_include_pad, divisor_override):
+    device, _ = _prepare(op, grad_output=grad_output)
     p = pool_params(op, nd, "avg", size_tuple(op, "input_size", input_size), kernel_size,
                     stride, padding, 1, ceil_mode, count_include_pad, divisor_override,
                     what="input_size")
     _check_gy(op, grad_output, p.y_shape, f"for input_size {p.x_shape}")
-    gx = _backend(xp_name).avg_pool_backward(p, _dispatch.batched(grad_output, p))
-    return _dispatch.unbatch(gx, p)
+    return device, p
 
 
 _AVG_DOC = """{nd}-D average pooling over an input of shape {shape} or unbatched {ushape}.
@@ -184,20 +205,26 @@ divisor and added to every input element of the window.
 # -- adaptive average pooling --------------------------------------------------------------
 
 def _adaptive_avg_pool(nd, input, output_size):
-    op = f"adaptive_avg_pool{nd}d"
-    xp_name, _ = _prepare(op, input=input)
-    ps = adaptive_pool_params(op, nd, input.shape, output_size)
-    be = _backend(xp_name)
-    y = be.adaptive_avg_pool_forward(ps, _dispatch.batched(input, ps))
-    return _dispatch.unbatch(y, ps)
+    device, ps = planned(_plan_adaptive, f"adaptive_avg_pool{nd}d", (input,),
+                         (nd, output_size))
+    return unbatch(_backend(device).adaptive_avg_pool_forward(ps, batched(input, ps)), ps)
+
+
+def _plan_adaptive(op, input, nd, output_size):
+    device, _ = _prepare(op, input=input)
+    return device, adaptive_pool_params(op, nd, input.shape, output_size)
 
 
 def _grad_adaptive_avg_pool(nd, grad_output, input_size):
-    op = f"adaptive_avg_pool{nd}d"
-    xp_name, _ = _prepare(op, grad_output=grad_output)
-    ps = pool_grad_shape(op, nd, input_size, grad_output.shape)
-    gx = _backend(xp_name).adaptive_avg_pool_backward(ps, _dispatch.batched(grad_output, ps))
-    return _dispatch.unbatch(gx, ps)
+    device, ps = planned(_plan_grad_adaptive, f"adaptive_avg_pool{nd}d", (grad_output,),
+                         (nd, input_size))
+    gx = _backend(device).adaptive_avg_pool_backward(ps, batched(grad_output, ps))
+    return unbatch(gx, ps)
+
+
+def _plan_grad_adaptive(op, grad_output, nd, input_size):
+    device, _ = _prepare(op, grad_output=grad_output)
+    return device, pool_grad_shape(op, nd, input_size, grad_output.shape)
 
 
 _ADAPTIVE_DOC = """{nd}-D adaptive average pooling to a fixed output size.
@@ -307,8 +334,12 @@ def relu(input):
 
     NaN propagates and -0.0 stays -0.0, as in ``torch.nn.functional.relu``.
     """
-    xp_name, _ = _prepare("relu", input=input)
-    return _backend(xp_name).relu_forward(input)
+    device = planned(_plan_relu, "relu", (input,), ())
+    return _backend(device).relu_forward(input)
+
+
+def _plan_relu(op, input):
+    return _prepare(op, input=input)[0]
 
 
 def grad_relu(grad_output, output):
@@ -321,11 +352,16 @@ def grad_relu(grad_output, output):
     grad_output : array, any shape
     output : array of the same shape and dtype: what ``relu`` returned
     """
-    xp_name, _ = _prepare("relu", grad_output=grad_output, output=output)
+    device = planned(_plan_grad_relu, "grad_relu", (grad_output, output), ())
+    return _backend(device).relu_backward(grad_output, output)
+
+
+def _plan_grad_relu(op, grad_output, output):
+    device, _ = _prepare("relu", grad_output=grad_output, output=output)
     if tuple(grad_output.shape) != tuple(output.shape):
         raise ValueError(f"relu: grad_output has shape {tuple(grad_output.shape)}, but "
                          f"output has shape {tuple(output.shape)}")
-    return _backend(xp_name).relu_backward(grad_output, output)
+    return device
 
 
 _publish(relu, "relu")
@@ -354,10 +390,14 @@ def linear(input, weight, bias=None):
     w.r.t. the weight ``grad_output`` (as M x out) transposed times ``input`` (M x in),
     w.r.t. the bias ``cyconv.grad.bias(grad_output, channel_axis=-1)``.
     """
-    xp_name, _ = _prepare("linear", input=input, weight=weight, bias=bias)
-    lp = linear_params("linear", input.shape, weight.shape,
-                       None if bias is None else bias.shape)
-    return _backend(xp_name).linear_forward(lp, input, weight, bias)
+    device, lp = planned(_plan_linear, "linear", (input, weight, bias), ())
+    return _backend(device).linear_forward(lp, input, weight, bias)
+
+
+def _plan_linear(op, input, weight, bias):
+    device, _ = _prepare(op, input=input, weight=weight, bias=bias)
+    return device, linear_params(op, input.shape, weight.shape,
+                                 None if bias is None else bias.shape)
 
 
 _publish(linear, "linear")
@@ -388,9 +428,13 @@ def pad(input, pad, mode="constant", value=0.0):
     Unlike PyTorch, non-constant modes accept any number of leading dims and pad any
     number of trailing dims.
     """
-    xp_name, _ = _prepare("pad", input=input)
-    pp = pad_params("pad", input.shape, pad, mode, value)
-    return _backend(xp_name).pad_forward(pp, input)
+    device, pp = planned(_plan_pad, "pad", (input,), (pad, mode, value))
+    return _backend(device).pad_forward(pp, input)
+
+
+def _plan_pad(op, input, pad, mode, value):
+    device, _ = _prepare(op, input=input)
+    return device, pad_params(op, input.shape, pad, mode, value)
 
 
 def grad_pad(grad_output, input_size, pad, mode="constant"):
@@ -410,12 +454,17 @@ def grad_pad(grad_output, input_size, pad, mode="constant"):
     of every output element that copies it (several for reflect, replicate and circular
     padding; none where it was cropped away).
     """
-    xp_name, _ = _prepare("pad", grad_output=grad_output)
+    device, pp = planned(_plan_grad_pad, "grad_pad", (grad_output,), (input_size, pad, mode))
+    return _backend(device).pad_backward(pp, grad_output)
+
+
+def _plan_grad_pad(op, grad_output, input_size, pad, mode):
+    device, _ = _prepare("pad", grad_output=grad_output)
     pp = pad_params("pad", size_tuple("pad", "input_size", input_size), pad, mode, 0.0,
                     what="input_size")
     _check_gy("pad", grad_output, pp.out_shape,
               f"for input_size {pp.in_shape}, pad {tuple(pad)} and mode {mode!r}")
-    return _backend(xp_name).pad_backward(pp, grad_output)
+    return device, pp
 
 
 _publish(pad, "pad")

@@ -18,6 +18,15 @@ MAX_THREADS = 256
 _lock = threading.Lock()
 _state = {"num_threads": None, "workspace": None, "blas_pinned": False, "blas": None,
           "forked": False}
+#: changes whenever a setting that plans depend on changes (threads, workspace limits, a
+#: fork): part of every plan-cache key (:mod:`cyconv._plan`).
+generation = 0
+
+
+def settings_changed() -> None:
+    """Invalidate the cached plans: a thread count or workspace limit changed."""
+    global generation
+    generation += 1
 
 
 def _default_threads() -> int:
@@ -60,6 +69,7 @@ def set_num_threads(n: int) -> None:
     if n > MAX_THREADS:
         raise ValueError(f"set_num_threads: n must be at most {MAX_THREADS}, got {n!r}")
     _state["num_threads"] = int(n)
+    settings_changed()
 
 
 def get_workspace_limit() -> int:
@@ -82,6 +92,7 @@ def set_workspace_limit(nbytes: int) -> None:
     if not is_int(nbytes) or nbytes < 1:
         raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
     _state["workspace"] = int(nbytes)
+    settings_changed()
 
 
 def pin_blas() -> None:
@@ -134,6 +145,7 @@ def _after_fork_in_child():
     # OpenMP (libgomp) cannot start threads again in a forked child: run serially there.
     # The BLAS settings survive a fork but are re-checked lazily.
     _state["forked"] = True
+    settings_changed()
     _state["blas_pinned"] = False
 
 

@@ -57,7 +57,7 @@ import numpy as np
 import cyconv
 from cyconv import _dispatch
 from cyconv._params import check_algorithm, check_dtypes, conv_params, pool_params
-from cyconv._select import im2col_feasible
+from cyconv._plan import im2col_feasible
 
 
 def _import_dask():
@@ -283,7 +283,9 @@ def _whole_array_algorithm(op, p, direction, dtype, algorithm):
     check_algorithm(op, algorithm)
     if algorithm != "auto" or not im2col_feasible(p):
         return algorithm
-    return _dispatch.resolve_algorithm(op, p, direction, dtype, algorithm, "numpy")
+    public = {"forward": "forward", "backward_input": "input", "backward_weight": "weight"}
+    return _dispatch.plan_for(op, p, direction, public[direction], dtype, algorithm,
+                              "cpu").algorithm
 
 
 def _build(op, nd, x, plans, task, kwargs, consts, out_channels, dtype):

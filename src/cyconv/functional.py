@@ -6,35 +6,72 @@ Convolutions here are cross-correlations (no kernel flip), as in PyTorch.  Weigh
 """
 from __future__ import annotations
 
-from . import _dispatch
+from . import _dispatch, _runtime
+from ._dispatch import backend, batched, unbatch
 from ._params import conv_params
+from ._plan import Unplanned, freeze
 
 __all__ = ["conv1d", "conv2d", "conv3d",
            "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 
+_calls = _dispatch._calls
+
 
 def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, algorithm):
-    xp_name, dtype = _dispatch.prepare(op, x=input, w=weight, b=bias)
+    try:
+        key = (op, type(input), input.shape, input.dtype, type(weight), weight.shape,
+               weight.dtype, None if bias is None else (type(bias), bias.shape, bias.dtype),
+               freeze(stride), freeze(padding), freeze(dilation), freeze(groups),
+               freeze(algorithm), _runtime.generation)
+        plan = _calls[key]
+    except KeyError:
+        plan = _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups,
+                          algorithm)
+        _dispatch.remember_call(key, plan)
+    except (AttributeError, TypeError, Unplanned):
+        plan = _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups,
+                          algorithm)
+    p = plan.params
+    y = backend(plan.device).conv_forward(plan, batched(input, p), weight, bias)
+    return unbatch(y, p)
+
+
+def _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups, algorithm):
+    device, dtype = _dispatch.prepare(op, input=input, weight=weight, bias=bias)
     p = conv_params(op, nd, input.shape, weight.shape, stride=stride, padding=padding,
                     dilation=dilation, groups=groups,
                     b_shape=None if bias is None else bias.shape)
-    alg = _dispatch.resolve_algorithm(op, p, "forward", dtype, algorithm, xp_name)
-    be = _dispatch.backend(xp_name)
-    y = be.conv_forward(p, _dispatch.batched(input, p), weight, bias, alg)
-    return _dispatch.unbatch(y, p)
+    return _dispatch.plan_for(op, p, "forward", "forward", dtype, algorithm, device)
 
 
 def _conv_transpose(op, nd, input, weight, bias, stride, padding, output_padding, groups,
                     dilation, algorithm, output_size=None):
-    xp_name, dtype = _dispatch.prepare(op, x=input, w=weight, b=bias)
+    try:
+        key = (op, type(input), input.shape, input.dtype, type(weight), weight.shape,
+               weight.dtype, None if bias is None else (type(bias), bias.shape, bias.dtype),
+               freeze(stride), freeze(padding), freeze(output_padding), freeze(groups),
+               freeze(dilation), freeze(algorithm), freeze(output_size), _runtime.generation)
+        plan = _calls[key]
+    except KeyError:
+        plan = _plan_conv_transpose(op, nd, input, weight, bias, stride, padding,
+                                    output_padding, groups, dilation, algorithm, output_size)
+        _dispatch.remember_call(key, plan)
+    except (AttributeError, TypeError, Unplanned):
+        plan = _plan_conv_transpose(op, nd, input, weight, bias, stride, padding,
+                                    output_padding, groups, dilation, algorithm, output_size)
+    p = plan.params
+    y = backend(plan.device).conv_backward_input(plan, batched(input, p), weight, bias)
+    return unbatch(y, p)
+
+
+def _plan_conv_transpose(op, nd, input, weight, bias, stride, padding, output_padding,
+                         groups, dilation, algorithm, output_size):
+    device, dtype = _dispatch.prepare(op, input=input, weight=weight, bias=bias)
     p = conv_params(op, nd, input.shape, weight.shape, stride=stride, padding=padding,
                     dilation=dilation, groups=groups, output_padding=output_padding,
                     transposed=True, b_shape=None if bias is None else bias.shape,
                     out_size=output_size)
-    alg = _dispatch.resolve_algorithm(op, p, "backward_input", dtype, algorithm, xp_name)
-    be = _dispatch.backend(xp_name)
-    y = be.conv_backward_input(p, _dispatch.batched(input, p), weight, bias, alg)
-    return _dispatch.unbatch(y, p)
+    return _dispatch.plan_for(op, p, "backward_input", "forward", dtype, algorithm, device)
 
 
 _CONV_DOC = """{nd}-D convolution (cross-correlation) over an input of shape {shape}.

@@ -6,11 +6,15 @@ accepts is accepted here too.
 """
 from __future__ import annotations
 
-from . import _dispatch
+from . import _dispatch, _runtime
+from ._dispatch import backend, batched, unbatch
 from ._params import conv_params, is_int
+from ._plan import Unplanned, freeze
 
 __all__ = ["bias"] + [f"conv{nd}d_{w}" for nd in (1, 2, 3) for w in ("input", "weight")] + [
     f"conv_transpose{nd}d_{w}" for nd in (1, 2, 3) for w in ("input", "weight")]
+
+_calls = _dispatch._calls
 
 
 def _size(op, name, size):
@@ -28,36 +32,71 @@ def _check_gy(op, p, gy):
 
 def _conv_input(op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
                 algorithm, transposed=False, output_padding=0):
-    xp_name, dtype = _dispatch.prepare(op, w=weight, gy=grad_output)
+    args = (op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
+            algorithm, transposed, output_padding)
+    try:
+        key = (op, freeze(input_size), type(weight), weight.shape, weight.dtype,
+               type(grad_output), grad_output.shape, grad_output.dtype, freeze(stride),
+               freeze(padding), freeze(dilation), freeze(groups), freeze(algorithm),
+               freeze(output_padding), _runtime.generation)
+        plan = _calls[key]
+    except KeyError:
+        plan = _plan_input(*args)
+        _dispatch.remember_call(key, plan)
+    except (AttributeError, TypeError, Unplanned):
+        plan = _plan_input(*args)
+    p = plan.params
+    be = backend(plan.device)
+    gy = batched(grad_output, p)
+    if transposed:   # the transposed op's input is the conv view's column side
+        gx = be.conv_forward(plan, gy, weight, None)
+    else:
+        gx = be.conv_backward_input(plan, gy, weight, None)
+    return unbatch(gx, p)
+
+
+def _plan_input(op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
+                algorithm, transposed, output_padding):
+    device, dtype = _dispatch.prepare(op, weight=weight, grad_output=grad_output)
     p = conv_params(op, nd, _size(op, "input_size", input_size), weight.shape, stride=stride,
                     padding=padding, dilation=dilation, groups=groups,
                     output_padding=output_padding, transposed=transposed)
     _check_gy(op, p, grad_output)
-    be = _dispatch.backend(xp_name)
-    gy = _dispatch.batched(grad_output, p)
-    if transposed:   # the transposed op's input is the conv view's column side
-        alg = _dispatch.resolve_algorithm(op, p, "forward", dtype, algorithm, xp_name)
-        gx = be.conv_forward(p, gy, weight, None, alg)
-    else:
-        alg = _dispatch.resolve_algorithm(op, p, "backward_input", dtype, algorithm, xp_name)
-        gx = be.conv_backward_input(p, gy, weight, None, alg)
-    return _dispatch.unbatch(gx, p)
+    direction = "forward" if transposed else "backward_input"
+    return _dispatch.plan_for(op, p, direction, "input", dtype, algorithm, device)
 
 
 def _conv_weight(op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
                  algorithm, transposed=False, output_padding=0):
-    xp_name, dtype = _dispatch.prepare(op, x=input, gy=grad_output)
+    args = (op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
+            algorithm, transposed, output_padding)
+    try:
+        key = (op, type(input), input.shape, input.dtype, freeze(weight_size),
+               type(grad_output), grad_output.shape, grad_output.dtype, freeze(stride),
+               freeze(padding), freeze(dilation), freeze(groups), freeze(algorithm),
+               freeze(output_padding), _runtime.generation)
+        plan = _calls[key]
+    except KeyError:
+        plan = _plan_weight(*args)
+        _dispatch.remember_call(key, plan)
+    except (AttributeError, TypeError, Unplanned):
+        plan = _plan_weight(*args)
+    p = plan.params
+    x = batched(input, p)
+    gy = batched(grad_output, p)
+    if transposed:   # image side = the transposed op's output
+        return backend(plan.device).conv_backward_weight(plan, gy, x)
+    return backend(plan.device).conv_backward_weight(plan, x, gy)
+
+
+def _plan_weight(op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
+                 algorithm, transposed, output_padding):
+    device, dtype = _dispatch.prepare(op, input=input, grad_output=grad_output)
     p = conv_params(op, nd, input.shape, _size(op, "weight_size", weight_size), stride=stride,
                     padding=padding, dilation=dilation, groups=groups,
                     output_padding=output_padding, transposed=transposed)
     _check_gy(op, p, grad_output)
-    be = _dispatch.backend(xp_name)
-    alg = _dispatch.resolve_algorithm(op, p, "backward_weight", dtype, algorithm, xp_name)
-    x = _dispatch.batched(input, p)
-    gy = _dispatch.batched(grad_output, p)
-    if transposed:   # image side = the transposed op's output
-        return be.conv_backward_weight(p, gy, x, alg)
-    return be.conv_backward_weight(p, x, gy, alg)
+    return _dispatch.plan_for(op, p, "backward_weight", "weight", dtype, algorithm, device)
 
 
 def _make(nd):
@@ -103,13 +142,13 @@ def bias(grad_output, channel_axis=1):
 
     Use ``channel_axis=0`` for an unbatched convolution and ``-1`` for ``linear``.
     """
-    xp_name, _ = _dispatch.prepare("bias", gy=grad_output)
+    device, _ = _dispatch.prepare("bias", grad_output=grad_output)
     nd = grad_output.ndim
     if not is_int(channel_axis) or not -nd <= channel_axis < nd:
         raise ValueError(f"bias: channel_axis={channel_axis!r} is out of range for grad_output "
                          f"of shape {tuple(grad_output.shape)}")
     axes = tuple(a for a in range(nd) if a != channel_axis % nd)
-    return _dispatch.backend(xp_name).bias_grad(grad_output, axes)
+    return backend(device).bias_grad(grad_output, axes)
 
 # ---- pooling, padding, ReLU (cyconv/_pool.py) ----
 from ._pool import grad_adaptive_avg_pool1d as adaptive_avg_pool1d  # noqa: E402

@@ -50,7 +50,6 @@ from libc.string cimport memset, memcpy
 from cyconv._ext._types cimport floating
 from cyconv._ext._blas cimport gemm_rm
 from cyconv._ext._geom cimport Geom, make_geom, valid_range
-from cyconv._ext._finite cimport all_finite_n
 
 cdef extern from "_simd.h" nogil:
     void cy_gather2_f(float* dst, const float* src, Py_ssize_t n)
@@ -92,13 +91,11 @@ cdef Py_ssize_t _TILE_BYTES = 2 * 1024 * 1024
 
 
 # Most taps a 1-D forward runs as one GEMM per tap on views of x (_taps_as_gemms).
-cdef Py_ssize_t _TAP_GEMMS = 2
-
-
-def set_tap_gemms(Py_ssize_t n):
-    """Tuning hook: the most taps of a 1-D kernel run as per-tap GEMMs (0: never)."""
-    global _TAP_GEMMS
-    _TAP_GEMMS = n
+#: conv_forward's paths (the planner, cyconv._plan, picks one: im2col, im2col_pointwise,
+#: im2col_taps).
+PATH_COLUMNS = 0
+PATH_POINTWISE = 1
+PATH_TAPS = 2
 
 
 def set_tile_bytes(Py_ssize_t n):
@@ -222,11 +219,11 @@ cdef bint _is_pointwise(const Geom* g) noexcept nogil:
 
 
 cdef bint _taps_as_gemms(const Geom* g) noexcept nogil:
-    """A 1-D convolution with unit stride and 2 .. _TAP_GEMMS taps: tap t's column
-    matrix is x itself, shifted by t*DW - PW (a strided view, leading dimension W), so
-    the forward needs no column matrix: one GEMM per tap on views of x (_tap_gemms)."""
+    """A 1-D convolution with unit stride and 2 or more taps: tap t's column matrix is x
+    itself, shifted by t*DW - PW (a strided view, leading dimension W), so the forward
+    needs no column matrix: one GEMM per tap on views of x (_tap_gemms)."""
     return (g.D == 1 and g.H == 1 and g.OD == 1 and g.OH == 1 and g.KD == 1 and g.KH == 1
-            and g.PD == 0 and g.PH == 0 and g.SW == 1 and 2 <= g.KK <= _TAP_GEMMS)
+            and g.PD == 0 and g.PH == 0 and g.SW == 1 and g.KK >= 2)
 
 
 cdef void _tap_gemms(const floating* xg, const floating* wt, Py_ssize_t wts, floating* yg,
@@ -264,20 +261,27 @@ cdef floating* _scratch(Py_ssize_t n_threads, Py_ssize_t per_thread, floating du
 
 
 def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const floating[::1] b,
-                 floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes):
+                 floating[:, ::1] y, tuple geom, Py_ssize_t n_threads, Py_ssize_t ws_bytes,
+                 int path=PATH_COLUMNS):
     """y[n] = conv(x[n], w) + b for every sample, im2col + GEMM.
 
     x (N, C_img * D*H*W), w (C_col, CKK), b (C_col,) or empty, y (N, C_col * P).
+    ``path``: PATH_COLUMNS (a column matrix per tile), PATH_POINTWISE (1x1, stride 1,
+    unpadded: the GEMM reads x itself) or PATH_TAPS (1-D, unit stride: one GEMM per tap
+    on shifted views of x; every weight must be finite, since the padding's columns are
+    left out rather than multiplied).  A path the geometry does not allow is a
+    ValueError.
     """
     cdef Geom g = make_geom(geom)
     cdef Py_ssize_t N = x.shape[0]
-    cdef bint pointwise = _is_pointwise(&g)
+    cdef bint pointwise = path == PATH_POINTWISE
     cdef bint has_bias = b.shape[0] > 0
-    cdef bint taps = not pointwise and _taps_as_gemms(&g)
+    cdef bint taps = path == PATH_TAPS
     cdef floating* wt = NULL
     cdef Py_ssize_t wts = g.C_col * g.Cg, c
-    if taps:       # a NaN or Inf weight must meet the padding's zeros: im2col then
-        taps = all_finite_n(&w[0, 0], w.shape[0] * w.shape[1])
+    if (pointwise and not _is_pointwise(&g)) or (taps and not _taps_as_gemms(&g)) or not (
+            0 <= path <= PATH_TAPS):
+        raise ValueError(f"im2col.conv_forward: path {path} does not fit this geometry")
     # Chunk the output pixels: within the workspace, and enough chunks to feed the threads.
     cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
     cdef Py_ssize_t tile = g.P if pointwise else _max(1, _min(

@@ -1,0 +1,434 @@
+"""Plans: which kernel runs for a convolution call, decided in one place and cached.
+
+A :class:`Plan` is a pure function of (op, direction, shapes, dtype, arguments, thread
+count, workspace limit, device, ISA): it names the concrete kernel, the fallback taken
+when the weights hold NaN or Inf (the one data-dependent choice), the scratch memory the
+kernel may take, the threads and the reason.  The backends (:mod:`cyconv._cpu`,
+:mod:`cyconv._gpu`) only execute plans; :func:`cyconv.plan` returns the very object a
+call with the same arguments uses, as PyTorch's ``_select_conv_backend`` names a
+``ConvBackend`` and cuDNN's and FFTW's plans are made once and executed many times.
+
+Every public convolution and gradient looks its plan up in :data:`_CACHE`, keyed by
+the raw arguments (array types, shapes and dtypes, the op's keyword values *and their
+types*, so that ``stride=2.0`` is still refused) and :data:`cyconv._runtime.generation`
+(which changes with the thread count, the workspace limit and after a fork); a hit skips
+argument normalisation and selection.  Unhashable arguments (lists) are planned afresh
+on every call.
+
+Kernels (CPU)
+-------------
+forward (the conv view's column side from its image side):
+  ``blocked`` (channel-blocked direct, ``blocked.pyx``), ``direct`` (per-channel direct,
+  ``direct.pyx``), ``im2col`` (column matrix + GEMM), ``im2col_pointwise`` (1x1, stride 1,
+  unpadded: one GEMM on the input itself), ``im2col_taps`` (1-D, unit stride, 2 taps: one
+  GEMM per tap on shifted views of the input; NaN/Inf weights fall back to ``im2col``).
+input gradient (image side from column side; a transposed convolution's forward):
+  ``blocked_flipped`` / ``direct_flipped`` (unit stride: a forward convolution of the
+  output gradient with flipped, transposed weights), ``blocked_phases`` (strided: one
+  blocked forward convolution per output phase), ``direct``, ``im2col`` (GEMM + col2im).
+  Every direct variant falls back to ``im2col`` for NaN/Inf weights: the direct kernels
+  add ``w * 0`` for padded outputs, which is NaN there.
+weight gradient: ``direct``, ``im2col``.
+
+Kernels (GPU): ``im2col`` (cuBLAS GEMMs on chunks of columns within the workspace limit;
+``direct`` when an allocation fails) and ``direct``.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from . import _runtime
+from ._params import INT32_MAX, ConvParams
+
+#: conv-view directions (a transposed convolution's forward is a ``backward_input``).
+DIRECTIONS = ("forward", "backward_input", "backward_weight")
+#: the public directions of :func:`cyconv.plan` and what they are in conv view.
+PUBLIC_DIRECTIONS = ("forward", "input", "weight")
+#: 1-D kernels with at most this many taps run forward as per-tap GEMMs (``im2col_taps``):
+#: WaveNet's 2-tap layers measured 0.92 of the column-matrix time, 3-5 taps 0.95-1.04.
+TAP_GEMMS_MAX = 2
+#: plans kept in the cache; the oldest goes first when it is full.
+CACHE_SIZE = 1024
+
+_CACHE: dict = {}
+
+
+@dataclass(frozen=True, eq=False)
+class Plan:
+    """What one convolution call runs, and why (see the module docstring's kernel list).
+
+    ``direction`` is the public one ('forward', 'input', 'weight'); ``conv_direction``
+    the conv-view one the backends execute.  ``nonfinite`` is the plan run instead when
+    the weights hold NaN or Inf (None when the kernel handles them itself).
+    """
+    op: str
+    direction: str
+    algorithm: str
+    kernel: str
+    out_shape: tuple
+    workspace_bytes: int
+    threads: int
+    reason: str
+    device: str
+    dtype: str
+    conv_direction: str
+    params: ConvParams = field(repr=False)
+    #: the geometry tuple the kernel reads (:meth:`ConvParams.geometry`, or the swapped
+    #: one of a flipped input gradient), and the output phases of ``blocked_phases``.
+    geometry: tuple = field(repr=False)
+    phases: "tuple | None" = field(default=None, repr=False)
+    nonfinite: "Plan | None" = field(default=None, repr=False)
+
+    def __str__(self) -> str:
+        p = self.params
+        lines = [f"{self.op} {self.direction}: {self.kernel} ({self.algorithm}) on "
+                 f"{self.device}, {self.dtype}, {self.threads} thread(s)",
+                 f"  input {p.x_shape}, weight {p.w_shape} -> {self.out_shape}",
+                 f"  workspace up to {self.workspace_bytes:,} bytes",
+                 f"  why: {self.reason}"]
+        if self.nonfinite is not None:
+            lines.append(f"  NaN/Inf weights: {self.nonfinite.kernel} "
+                         f"({self.nonfinite.reason})")
+        return "\n".join(lines)
+
+
+# -- cache ----------------------------------------------------------------------------------
+
+class Unplanned(Exception):
+    """Raised by :func:`freeze` for an argument that cannot key the cache."""
+
+
+def freeze(v):
+    """A cache-key form of an op argument that keeps its types: ``2`` and ``2.0`` (or
+    ``True``) must not share a plan, since only the first is valid.  Raises
+    :class:`Unplanned` for values that are not ints, bools, floats, strings, None or
+    tuples of them."""
+    t = type(v)
+    if t is int or t is str or v is None:
+        return v
+    if t is tuple:
+        return (tuple,) + tuple(freeze(e) for e in v)
+    if t is bool or t is float:
+        return (t, v)
+    raise Unplanned
+
+
+def lookup(key):
+    """The cached plan for ``key``, or None."""
+    return _CACHE.get(key)
+
+
+def remember(key, plan) -> None:
+    """Cache ``plan`` under ``key`` (bounded: the oldest entry goes when full)."""
+    if len(_CACHE) >= CACHE_SIZE:
+        try:
+            del _CACHE[next(iter(_CACHE))]
+        except (StopIteration, KeyError, RuntimeError):   # another thread got there
+            pass
+    _CACHE[key] = plan
+
+
+def clear_cache() -> None:
+    """Forget every cached plan (the choice rules are fixed, so this only costs time)."""
+    _CACHE.clear()
+
+
+# -- geometry rules -------------------------------------------------------------------------
+
+def im2col_feasible(p: ConvParams) -> bool:
+    """The im2col path needs each sample's column plane to fit a 32-bit BLAS ``ld``."""
+    return p.pixels <= INT32_MAX and p.gemm_k <= INT32_MAX
+
+
+def padded_plane(p: ConvParams) -> int:
+    """Elements of the zero-padded image plane the direct kernels stage per channel."""
+    n = 1
+    for i, o, k, s, (pb, _), d in zip(p.img_size, p.col_size, p.kernel_size, p.stride,
+                                      p.padding, p.dilation):
+        n *= max(i + pb, (o - 1) * s + (k - 1) * d + 1)
+    return n
+
+
+def staging_too_big(p: ConvParams) -> bool:
+    """Padding or dilation so large that the direct kernels' zero-padded staging planes
+    would dwarf the data (taps that reach far into the padding read only zeros, which
+    im2col never stores): 'direct' then hands over to im2col."""
+    data = math.prod(p.img_size) + math.prod(p.col_size)
+    return padded_plane(p) > max(1 << 22, 16 * data)
+
+
+def blocked_applies(p: ConvParams, itemsize: int) -> bool:
+    """'direct' runs the channel-blocked kernel (``blocked.pyx``) rather than the
+    per-channel one: every group has at least one full vector of input and of output
+    channels (8 float32 / 4 float64), so blocking channels wastes little."""
+    lanes = 32 // itemsize
+    return (p.img_channels // p.G >= lanes and p.col_channels // p.G >= lanes
+            and not staging_too_big(p))
+
+
+def input_grad_is_forward(p: ConvParams) -> bool:
+    """The input gradient is a forward convolution of the output gradient (see
+    :func:`input_grad_as_forward`): unit stride, and padding no wider than the dilated
+    kernel on either side."""
+    return (all(s == 1 for s in p.stride)
+            and all(pb <= d * (k - 1)
+                    for (pb, _), d, k in zip(p.padding, p.dilation, p.kernel_size)))
+
+
+def input_grad_as_forward(p: ConvParams) -> tuple:
+    """Geometry of gx = conv(gy, w') for a unit-stride convolution: the image and column
+    sides swap and the padding before becomes ``d*(k-1) - pad``."""
+    g = p.geometry()
+    G, C_img, C_col = g[0:3]
+    k, pad, dil = g[9:12], g[15:18], g[18:21]
+    flipped = tuple(d * (kk - 1) - pb for d, kk, pb in zip(dil, k, pad))
+    return (G, C_col, C_img) + g[6:9] + g[3:6] + k + (1, 1, 1) + flipped + dil
+
+
+def _axis_phases(n, k, s, pad):
+    """One axis of :func:`input_grad_phases`: (r, positions, taps, padding before) per
+    phase r of an image axis n long, or None if a phase needs negative padding."""
+    phases = []
+    for r in range(min(s, n)):
+        t0 = (r + pad) % s
+        taps = tuple(range(t0, k, s))
+        before = len(taps) - 1 - (r + pad - t0) // s
+        if taps and before < 0:
+            return None
+        phases.append((r, len(range(r, n, s)), taps, before))
+    return phases
+
+
+def input_grad_phases(p: ConvParams):
+    """A strided input gradient (a transposed convolution) as unit-stride ones.
+
+    Image positions i = s*m + r of one phase r (per axis) receive gy[o] through the
+    taps t = t0, t0 + s, ... only (t0 = (r + pad) mod s), with o = m + off - j for tap
+    t0 + j*s, off = (r + pad - t0) / s: a unit-stride correlation of gy with those taps
+    flipped, padded J - 1 - off before (J taps).  Per axis (3 of them, leading unit
+    axes included), a list of (r, positions, taps, padding before); None where this does
+    not apply: dilation other than 1, or a phase that would need negative padding
+    (padding wider than the kernel)."""
+    g = p.geometry()
+    if any(d != 1 for d in g[18:21]):
+        return None
+    axes = [_axis_phases(*a) for a in zip(g[3:6], g[9:12], g[12:15], g[15:18])]
+    return None if any(a is None for a in axes) else axes
+
+
+def is_pointwise(p: ConvParams) -> bool:
+    """1x1 kernel, stride 1, no padding: the image *is* the column matrix."""
+    return (all(k == 1 for k in p.kernel_size) and all(s == 1 for s in p.stride)
+            and all(pb == 0 and pa == 0 for pb, pa in p.padding))
+
+
+def taps_as_gemms(p: ConvParams) -> bool:
+    """A 1-D convolution with unit stride and 2 .. :data:`TAP_GEMMS_MAX` taps: each tap's
+    column matrix is the input shifted (``im2col_taps``)."""
+    return p.nd == 1 and p.stride == (1,) and 2 <= p.kernel_size[0] <= TAP_GEMMS_MAX
+
+
+# -- 'auto' ---------------------------------------------------------------------------------
+
+def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: int,
+                     device: str = "cpu", isa: str | None = None) -> str:
+    """'im2col' or 'direct' for one op in conv view (see :func:`auto_choice`)."""
+    return auto_choice(p, direction, itemsize, n_threads, device, isa)[0]
+
+
+def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
+                device: str = "cpu", isa: str | None = None) -> tuple:
+    """``(algorithm, why)`` of ``algorithm='auto'``: a pure function of its arguments.
+
+    Direct loops win where a GEMM has too little to reuse: depthwise and thin groups
+    (few channels per group, so each group's GEMM is a sliver), and layers whose column
+    matrix would have very few rows.  On the CPU the channel-blocked direct kernel also
+    wins most dense layers with 3+ taps (:func:`_blocked_wins`) and the per-tap dot
+    products thin weight gradients (:func:`_direct_wgrad_wins`).  Everything else goes
+    to im2col + BLAS.  The measurements behind each rule are in ``benchmarks/results/``.
+    """
+    if direction not in DIRECTIONS:
+        raise ValueError(f"unknown direction {direction!r}")
+    if isa is None:
+        from ._ext import ISA as isa
+    if not im2col_feasible(p):
+        return "direct", "a sample's column matrix would exceed 2**31 - 1 elements"
+    cg = p.img_channels // p.G      # image channels per group
+    kg = p.col_channels // p.G      # column channels per group
+    if p.G > 1 and min(cg, kg) < 8:
+        return "direct", (f"groups of {min(cg, kg)} channel(s) (< 8): each group's GEMM "
+                          f"would be a sliver")
+    if p.gemm_k < 8:
+        return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
+    if device == "cpu" and isa == "avx2":
+        if _blocked_wins(p, direction, itemsize):
+            return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
+                              "channel-blocked kernel beats im2col + GEMM")
+        if direction == "backward_weight" and _direct_wgrad_wins(p):
+            return "direct", (f"{kg} output channels per group: the GEMM is too thin to "
+                              f"pay for the column matrix")
+    return "im2col", "im2col + GEMM: enough channels and taps for BLAS to reuse"
+
+
+def _direct_wgrad_wins(p: ConvParams) -> bool:
+    """Dense weight gradients where the direct kernel's per-tap dot products beat
+    im2col + GEMM: the GEMM's row count is the output channels per group, and at 16 or
+    fewer (32 for kernels of 27 or more taps, e.g. 3x3x3) it is too thin to pay for the
+    column matrix (AVX2 machines, ``benchmarks/results/cpu-2threads.md``)."""
+    kg = p.col_channels // p.G
+    taps = math.prod(p.kernel_size)
+    return kg <= 16 or (kg <= 32 and taps >= 27)
+
+
+def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
+    """Dense layers where the channel-blocked direct kernel beats im2col + GEMM (AVX2).
+
+    It wins unit-stride layers with at least 3 taps (ResNet 3x3, dilated, 1-D k9, 3-D),
+    forward and input gradient, and strided forward layers (ResNet downsampling, a
+    transposed convolution's input gradient).  im2col + GEMM stays ahead where a GEMM
+    has the most to reuse and the blocked kernel the least: 1x1 and 2-tap kernels, and
+    channel reductions of GEMM depth k (channels x taps) 4096 or more, where a pair of
+    output blocks' weights (k x 64 bytes) outgrows the 512 KiB L2.  A strided input
+    gradient (one conv per output phase) measured slower than im2col.
+    """
+    if direction == "backward_weight" or math.prod(p.kernel_size) < 3:
+        return False
+    if direction == "forward":
+        ok, k = blocked_applies(p, itemsize), p.gemm_k
+    else:
+        ok = blocked_applies(p, itemsize) and input_grad_is_forward(p)
+        k = p.col_channels // p.G * math.prod(p.kernel_size)
+    return ok and k < 4096
+
+
+# -- planning -------------------------------------------------------------------------------
+
+_PUBLIC = {"forward": "forward", "backward_input": "input", "backward_weight": "weight"}
+
+
+def make_plan(op: str, p: ConvParams, conv_direction: str, dtype, algorithm: str,
+              device: str = "cpu", public_direction: str | None = None) -> Plan:
+    """The plan of one call: ``p`` checked, ``dtype`` the common dtype, ``algorithm`` the
+    user's ('auto', 'im2col', 'direct'; already checked), ``conv_direction`` the conv-view
+    direction.  Reads the thread count and the workspace limit (part of the cache key)."""
+    import numpy as np
+
+    dtype = np.dtype(dtype)
+    if algorithm == "im2col" and not im2col_feasible(p):
+        raise ValueError(
+            f"{op}: algorithm='im2col' needs a column plane of at most 2**31 - 1 "
+            f"elements; output {p.col_size} is too large, use algorithm='direct'")
+    if device == "cpu":
+        from ._ext import ISA, threads_for
+        n_threads = threads_for(p.flops)
+        isa = ISA
+    else:
+        n_threads, isa = 0, None
+    if algorithm == "auto":
+        alg, why = auto_choice(p, conv_direction, dtype.itemsize,
+                               _runtime.get_num_threads() if device == "cpu" else 0,
+                               device, isa)
+        why = f"algorithm='auto': {why}"
+    else:
+        alg, why = algorithm, f"algorithm={algorithm!r} was asked for"
+    if conv_direction == "forward":
+        out = (p.N, p.col_channels) + p.col_size
+    elif conv_direction == "backward_input":
+        out = (p.N, p.img_channels) + p.img_size
+    else:
+        out = (p.col_channels, p.img_channels // p.G) + p.kernel_size
+    if conv_direction != "backward_weight" and not p.batched:
+        out = out[1:]
+    common = dict(op=op, direction=public_direction or _PUBLIC[conv_direction],
+                  out_shape=out, device=device, dtype=dtype.name,
+                  conv_direction=conv_direction, params=p)
+    if device == "cpu":
+        kernel, why, nonfinite = _cpu_kernel(p, conv_direction, alg, why, dtype.itemsize)
+    else:
+        kernel, why, nonfinite = _gpu_kernel(p, conv_direction, alg, why, dtype.itemsize)
+    fallback = None
+    if nonfinite is not None:
+        k2, why2 = nonfinite
+        fallback = Plan(algorithm="im2col", kernel=k2, reason=why2, threads=n_threads,
+                        workspace_bytes=_workspace(p, k2, conv_direction, dtype.itemsize,
+                                                   n_threads, device),
+                        geometry=p.geometry(), **common)
+    return Plan(algorithm=alg, kernel=kernel, reason=why, threads=n_threads,
+                workspace_bytes=_workspace(p, kernel, conv_direction, dtype.itemsize,
+                                           n_threads, device),
+                geometry=input_grad_as_forward(p) if kernel.endswith("_flipped")
+                else p.geometry(),
+                phases=input_grad_phases(p) if kernel == "blocked_phases" else None,
+                nonfinite=fallback, **common)
+
+
+_NONFINITE_WHY = ("NaN/Inf weights: the direct kernels add w * 0 for padded outputs, "
+                  "which would put NaN where the exact sum has no such term")
+
+
+def _cpu_kernel(p, direction, alg, why, itemsize):
+    """(kernel, reason, (nonfinite kernel, reason) or None) on the CPU."""
+    if alg == "direct" and staging_too_big(p):
+        why += ("; padding or dilation too wide for the direct kernels' staging planes: "
+                "im2col instead")
+        alg = "im2col"
+    if alg == "im2col":
+        if direction != "forward":
+            return "im2col", why, None
+        if is_pointwise(p):
+            return "im2col_pointwise", why + "; 1x1, stride 1, unpadded: GEMM on x", None
+        if taps_as_gemms(p):
+            return ("im2col_taps", why + "; 1-D 2-tap: one GEMM per tap on shifted views",
+                    ("im2col", "NaN/Inf weights must meet the padding's zeros: the column "
+                               "matrix keeps them"))
+        return "im2col", why, None
+    blocked = blocked_applies(p, itemsize)
+    if direction == "forward":
+        if blocked:
+            return "blocked", why + "; full vectors of channels per group: blocked", None
+        return "direct", why, None
+    if direction == "backward_weight":
+        return "direct", why, None
+    nonfinite = ("im2col", _NONFINITE_WHY)
+    if input_grad_is_forward(p):
+        if blocked:
+            return ("blocked_flipped", why + "; unit stride: a blocked forward convolution "
+                    "of gy with flipped weights", nonfinite)
+        return ("direct_flipped", why + "; unit stride: a forward convolution of gy with "
+                "flipped weights", nonfinite)
+    if blocked and input_grad_phases(p) is not None:
+        return ("blocked_phases", why + "; strided: one blocked forward convolution per "
+                "output phase", nonfinite)
+    return "direct", why, nonfinite
+
+
+def _gpu_kernel(p, direction, alg, why, itemsize):
+    """(kernel, reason, None) on the GPU."""
+    if alg == "direct":
+        return "direct", why, None
+    return "im2col", why + ("; direct when one sample's columns exceed the GPU workspace "
+                            "limit or an allocation fails"), None
+
+
+def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
+    """Scratch bytes the kernel may take (an upper bound; im2col works within the limit)."""
+    if device != "cpu":
+        if kernel == "direct":
+            return 0
+        from . import _gpu
+        return _gpu.get_workspace_limit()
+    limit = _runtime.get_workspace_limit()
+    if kernel in ("im2col_pointwise",):
+        return 0
+    if kernel == "im2col_taps":
+        return math.prod(p.kernel_size) * p.col_channels * (p.img_channels // p.G) * itemsize
+    if kernel == "im2col":
+        return min(limit, max(n_threads, 1) * p.gemm_k * p.pixels * itemsize)
+    if kernel in ("blocked", "blocked_flipped", "blocked_phases"):
+        from ._ext import kernels
+        geom = input_grad_as_forward(p) if kernel == "blocked_flipped" else p.geometry()
+        return int(kernels("blocked").workspace_bytes(geom, itemsize))
+    # per-channel direct: a zero-padded plane per thread (+ flipped weights)
+    extra = p.col_channels * p.gemm_k * itemsize if kernel == "direct_flipped" else 0
+    return max(n_threads, 1) * padded_plane(p) * itemsize + extra
