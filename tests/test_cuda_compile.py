@@ -439,6 +439,7 @@ def emulated_gpu(emulated_kernels, monkeypatch):
     monkeypatch.setattr(_gpu, "_oom_errors", lambda: (MemoryError,))
     monkeypatch.setattr(_dispatch, "array_module_name", lambda op, **arrays: "cupy")
     monkeypatch.setattr(_pool, "array_module_name", lambda op, **arrays: "cupy")
+    monkeypatch.setattr(_pool, "_CPU_DTYPES", frozenset())   # no NumPy fast path
     _dispatch.clear_cache()         # plans made for the CPU must not be reused here
     yield emu
     _dispatch.clear_cache()

@@ -18,6 +18,8 @@ from ._ext import kernels, threads_for
 def _contiguous(a):
     """``a`` as a C-contiguous array of the same shape (0-d stays 0-d, unlike
     ``np.ascontiguousarray``)."""
+    if type(a) is np.ndarray and a.flags.c_contiguous and a.dtype.isnative:
+        return a                                        # the common case, cheaply
     a = np.asarray(a)
     if not a.dtype.isnative:
         a = a.astype(a.dtype.newbyteorder("="))
@@ -113,7 +115,7 @@ def relu_forward(x):
     """max(x, 0) element-wise, any shape; NaN and -0.0 pass through (as in PyTorch)."""
     x = _contiguous(x)
     y = np.empty_like(x)
-    kernels("pool").relu_forward(x.reshape(-1), y.reshape(-1), threads_for(x.size))
+    kernels("pool").relu_forward(x, y, threads_for(x.size))
     return y
 
 
@@ -122,8 +124,7 @@ def relu_backward(gy, y):
     gy = _contiguous(gy)
     y = _contiguous(y)
     gx = np.empty_like(gy)
-    kernels("pool").relu_backward(gy.reshape(-1), y.reshape(-1), gx.reshape(-1),
-                                  threads_for(gy.size))
+    kernels("pool").relu_backward(gy, y, gx, threads_for(gy.size))
     return gx
 
 

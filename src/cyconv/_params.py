@@ -454,11 +454,16 @@ class PoolParams(_PlaneShapes):
         """The pooling padded to 3 spatial dims, as the kernels read it.
 
         (D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD, DH, DW).
+        Computed once per instance (cached plans call it on every call).
         """
-        lead = 3 - self.nd
-        return ((1,) * lead + self.in_size + (1,) * lead + self.out_size
-                + (1,) * lead + self.kernel_size + (1,) * lead + self.stride
-                + (0,) * lead + self.padding + (1,) * lead + self.dilation)
+        cached = self.__dict__.get("_geometry")
+        if cached is None:
+            lead = 3 - self.nd
+            cached = ((1,) * lead + self.in_size + (1,) * lead + self.out_size
+                      + (1,) * lead + self.kernel_size + (1,) * lead + self.stride
+                      + (0,) * lead + self.padding + (1,) * lead + self.dilation)
+            object.__setattr__(self, "_geometry", cached)   # frozen: not a field
+        return cached
 
 
 def pool_params(op: str, nd: int, kind: str, x_shape, kernel_size, stride=None, padding=0,

@@ -15,7 +15,9 @@ errors PyTorch raises as ``RuntimeError`` are ``ValueError`` here.
 """
 from __future__ import annotations
 
-from . import _dispatch
+import numpy as np
+
+from . import _cpu_pool, _dispatch
 from ._dispatch import batched, planned, unbatch
 from ._params import (adaptive_pool_params, array_module_name, check_indices,
                       linear_params, pad_params, pool_grad_shape, pool_params, size_tuple)
@@ -44,6 +46,9 @@ def _check_gy(op, grad_output, expected, detail):
         raise ValueError(f"{op}: grad_output has shape {tuple(grad_output.shape)}, expected "
                          f"{tuple(expected)} {detail}")
 
+
+#: the dtypes of NumPy arrays the CPU kernels take (any byte order: they copy to native).
+_CPU_DTYPES = frozenset(np.dtype(t).newbyteorder(o) for t in ("f4", "f8") for o in "<>")
 
 _SHAPES = {1: ("(N, C, L)", "(C, L)", "L"), 2: ("(N, C, H, W)", "(C, H, W)", "H, W"),
            3: ("(N, C, D, H, W)", "(C, D, H, W)", "D, H, W")}
@@ -334,12 +339,10 @@ def relu(input):
 
     NaN propagates and -0.0 stays -0.0, as in ``torch.nn.functional.relu``.
     """
-    device = planned(_plan_relu, "relu", (input,), ())
+    if type(input) is np.ndarray and input.dtype in _CPU_DTYPES:   # the common case
+        return _cpu_pool.relu_forward(input)
+    device, _ = _prepare("relu", input=input)
     return _backend(device).relu_forward(input)
-
-
-def _plan_relu(op, input):
-    return _prepare(op, input=input)[0]
 
 
 def grad_relu(grad_output, output):

@@ -14,6 +14,7 @@ import os
 
 import numpy as np
 
+from .._runtime import get_num_threads
 from . import _runtime as _ext_runtime
 
 try:
@@ -57,11 +58,12 @@ def kernels(name: str):
 def threads_for(work: float) -> int:
     """OpenMP threads for an op of ``work`` FLOPs (or elements): 1 below
     :data:`SERIAL_FLOPS`, else :func:`cyconv.get_num_threads`."""
-    from .. import _runtime
-    return 1 if work < SERIAL_FLOPS else _runtime.get_num_threads()
+    return 1 if work < SERIAL_FLOPS else get_num_threads()
 
 
 def native(a):
     """C-contiguous, native byte order (inputs are never modified: this copies if needed)."""
+    if type(a) is np.ndarray and a.flags.c_contiguous and a.dtype.isnative:
+        return a                                        # the common case, cheaply
     a = np.ascontiguousarray(a)
     return a if a.dtype.isnative else a.astype(a.dtype.newbyteorder("="))

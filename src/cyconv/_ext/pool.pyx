@@ -32,10 +32,14 @@ sums the same way and divides each element by its PyTorch divisor afterwards.
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
+from libc.stdlib cimport free, malloc
 from libc.math cimport INFINITY
 from libc.string cimport memcpy, memset
 
 import numpy as np
+cimport numpy as cnp
+
+cnp.import_array()
 
 from cyconv._ext._types cimport floating
 from cyconv._ext._geom cimport ceil_div, valid_range
@@ -71,9 +75,11 @@ cdef PoolGeom make_shape_geom(tuple t) except *:
     return g
 
 
-cdef int check_planes(str name, object a, Py_ssize_t rows, Py_ssize_t cols) except -1:
-    if a.shape[0] != rows or a.shape[1] != cols:
-        raise ValueError(f"pool kernel: {name} has shape {tuple(a.shape)[:2]}, "
+cdef int check_planes(str name, Py_ssize_t got_rows, Py_ssize_t got_cols, Py_ssize_t rows,
+                      Py_ssize_t cols) except -1:
+    """The kernels' own shape check (the callers check every shape first)."""
+    if got_rows != rows or got_cols != cols:
+        raise ValueError(f"pool kernel: {name} has shape ({got_rows}, {got_cols}), "
                          f"expected ({rows}, {cols})")
     return 0
 
@@ -183,14 +189,15 @@ def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] y, int64_t[:, ::
     """
     cdef PoolGeom g = make_pool_geom(geom)
     cdef Py_ssize_t P = x.shape[0], pl, i
-    check_planes("x", x, P, g.plane)
-    check_planes("y", y, P, g.out_plane)
+    check_planes("x", x.shape[0], x.shape[1], P, g.plane)
+    check_planes("y", y.shape[0], y.shape[1], P, g.out_plane)
     if idx is not None:
-        check_planes("idx", idx, P, g.out_plane)
+        check_planes("idx", idx.shape[0], idx.shape[1], P, g.out_plane)
     if P == 0 or g.out_plane == 0:
         return
-    first_arr = np.empty(g.OD + g.OH + g.OW, np.int64)
-    cdef int64_t[::1] first = first_arr
+    cdef int64_t* first = <int64_t*> malloc((g.OD + g.OH + g.OW) * sizeof(int64_t))
+    if first == NULL:
+        raise MemoryError()
     for i in range(g.OD):
         first[i] = first_tap(i, g.SD, g.PD, g.DD, g.D)
     for i in range(g.OH):
@@ -203,9 +210,15 @@ def max_pool_forward(const floating[:, ::1] x, floating[:, ::1] y, int64_t[:, ::
     if idx is not None:
         ip = &idx[0, 0]
     with nogil:
-        for pl in prange(P, schedule="static", num_threads=n_threads):
-            max_pool_plane(xp + pl * g.plane, yp + pl * g.out_plane,
-                           (ip + pl * g.out_plane) if ip != NULL else NULL, &g, &first[0])
+        if n_threads == 1:       # no parallel region for a serial call (small ops)
+            for pl in range(P):
+                max_pool_plane(xp + pl * g.plane, yp + pl * g.out_plane,
+                               (ip + pl * g.out_plane) if ip != NULL else NULL, &g, first)
+        else:
+            for pl in prange(P, schedule="static", num_threads=n_threads):
+                max_pool_plane(xp + pl * g.plane, yp + pl * g.out_plane,
+                               (ip + pl * g.out_plane) if ip != NULL else NULL, &g, first)
+    free(first)
 
 
 cdef Py_ssize_t max_unpool_plane(const floating* gy, const int64_t* idx, floating* gx,
@@ -229,8 +242,8 @@ def max_pool_backward(const floating[:, ::1] gy, const int64_t[:, ::1] idx,
     returned (the caller raises when it is not 0).  ``gx`` is overwritten."""
     cdef Py_ssize_t P = gy.shape[0], n_out = gy.shape[1], plane = gx.shape[1], pl
     cdef Py_ssize_t bad = 0
-    check_planes("idx", idx, P, n_out)
-    check_planes("gx", gx, P, plane)
+    check_planes("idx", idx.shape[0], idx.shape[1], P, n_out)
+    check_planes("gx", gx.shape[0], gx.shape[1], P, plane)
     if P == 0 or plane == 0:
         return 0
     if n_out == 0:
@@ -360,8 +373,8 @@ def avg_pool_forward(const floating[:, ::1] x, floating[:, ::1] y, tuple geom,
     PyTorch's divisors; ``divisor_override`` 0 means none.  Dilation must be 1."""
     cdef PoolGeom g = make_pool_geom(geom)
     cdef Py_ssize_t P = x.shape[0], pl
-    check_planes("x", x, P, g.plane)
-    check_planes("y", y, P, g.out_plane)
+    check_planes("x", x.shape[0], x.shape[1], P, g.plane)
+    check_planes("y", y.shape[0], y.shape[1], P, g.out_plane)
     if P == 0 or g.out_plane == 0:
         return
     cdef double[::1] cnt = avg_count_array(&g, count_include_pad)
@@ -379,8 +392,8 @@ def avg_pool_backward(const floating[:, ::1] gy, floating[:, ::1] gx, tuple geom
     """Gradient of :func:`avg_pool_forward`: ``gx`` (planes, D*H*W) is overwritten."""
     cdef PoolGeom g = make_pool_geom(geom)
     cdef Py_ssize_t P = gy.shape[0], pl
-    check_planes("gy", gy, P, g.out_plane)
-    check_planes("gx", gx, P, g.plane)
+    check_planes("gy", gy.shape[0], gy.shape[1], P, g.out_plane)
+    check_planes("gx", gx.shape[0], gx.shape[1], P, g.plane)
     if P == 0 or g.plane == 0:
         return
     cdef double[::1] cnt = avg_count_array(&g, count_include_pad)
@@ -466,8 +479,8 @@ cdef adaptive_run(const floating[:, ::1] a, floating[:, ::1] b, PoolGeom g, bint
     cdef Py_ssize_t P = a.shape[0], pl
     cdef Py_ssize_t n_a = g.plane if not backward else g.out_plane
     cdef Py_ssize_t n_b = g.out_plane if not backward else g.plane
-    check_planes("gy" if backward else "x", a, P, n_a)
-    check_planes("gx" if backward else "y", b, P, n_b)
+    check_planes("gy" if backward else "x", a.shape[0], a.shape[1], P, n_a)
+    check_planes("gx" if backward else "y", b.shape[0], b.shape[1], P, n_b)
     if P == 0 or n_b == 0:
         return
     if n_a == 0:                      # empty output_size: the gradient is 0
@@ -516,37 +529,78 @@ cdef inline void relu_grad_block(const floating* gy, const floating* out, floati
         gx[i] = 0 if out[i] <= 0 else gy[i]   # PyTorch's threshold_backward
 
 
-def relu_forward(const floating[::1] x, floating[::1] y, Py_ssize_t n_threads):
-    """y = max(x, 0) element-wise over flat arrays (NaN propagates)."""
-    cdef Py_ssize_t n = x.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, m
-    if y.shape[0] != n:
-        raise ValueError(f"relu kernel: y has {y.shape[0]} elements, expected {n}")
-    if n == 0:
+cdef int check_flat(str op, cnp.ndarray x, cnp.ndarray out) except -1:
+    """A ReLU kernel's input ``x`` and its output ``out``: C-contiguous, native float32
+    or float64 (both the same), of one size, ``out`` writeable."""
+    cdef int t = cnp.PyArray_TYPE(x)
+    if t != cnp.NPY_FLOAT and t != cnp.NPY_DOUBLE:
+        raise TypeError(f"{op} kernel: float32 or float64 arrays, got {x.dtype}")
+    if (cnp.PyArray_TYPE(out) != t or not cnp.PyArray_IS_C_CONTIGUOUS(x)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(out) or not cnp.PyArray_ISNOTSWAPPED(x)
+            or not cnp.PyArray_ISNOTSWAPPED(out)
+            or cnp.PyArray_SIZE(x) != cnp.PyArray_SIZE(out)):
+        raise ValueError(f"{op} kernel: arrays must be C-contiguous, of one native dtype "
+                         f"and size; got {x.dtype.str} {(<object> x).shape} and "
+                         f"{out.dtype.str} {(<object> out).shape}")
+    if not cnp.PyArray_ISWRITEABLE(out):
+        raise ValueError(f"{op} kernel: the output array is read-only")
+    return 0
+
+
+cdef void relu_flat(const floating* x, floating* y, Py_ssize_t n,
+                    Py_ssize_t n_threads) noexcept nogil:
+    cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK, b
+    if n_threads == 1:           # no parallel region for a serial call (small ops)
+        relu_block(x, y, n)
         return
-    cdef const floating* xp = &x[0]
-    cdef floating* yp = &y[0]
-    with nogil:
-        for b in prange(nb, schedule="static", num_threads=n_threads):
-            m = min(BLOCK, n - b * BLOCK)
-            relu_block(xp + b * BLOCK, yp + b * BLOCK, m)
+    for b in prange(nb, schedule="static", num_threads=n_threads):
+        relu_block(x + b * BLOCK, y + b * BLOCK, min(BLOCK, n - b * BLOCK))
 
 
-def relu_backward(const floating[::1] gy, const floating[::1] out, floating[::1] gx,
-                  Py_ssize_t n_threads):
+cdef void relu_grad_flat(const floating* gy, const floating* out, floating* gx,
+                         Py_ssize_t n, Py_ssize_t n_threads) noexcept nogil:
+    cdef Py_ssize_t nb = (n + BLOCK - 1) // BLOCK, b
+    if n_threads == 1:
+        relu_grad_block(gy, out, gx, n)
+        return
+    for b in prange(nb, schedule="static", num_threads=n_threads):
+        relu_grad_block(gy + b * BLOCK, out + b * BLOCK, gx + b * BLOCK,
+                        min(BLOCK, n - b * BLOCK))
+
+
+def relu_forward(cnp.ndarray x, cnp.ndarray y, Py_ssize_t n_threads):
+    """y = max(x, 0) element-wise (NaN and -0.0 pass through), arrays of any shape.
+
+    Takes ndarrays rather than typed memoryviews: a small ReLU's cost is its call
+    overhead, and acquiring two buffers costs as much as the arithmetic.
+    """
+    check_flat("relu", x, y)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            relu_flat(<const float*> cnp.PyArray_DATA(x), <float*> cnp.PyArray_DATA(y), n,
+                      n_threads)
+    else:
+        with nogil:
+            relu_flat(<const double*> cnp.PyArray_DATA(x), <double*> cnp.PyArray_DATA(y), n,
+                      n_threads)
+
+
+def relu_backward(cnp.ndarray gy, cnp.ndarray out, cnp.ndarray gx, Py_ssize_t n_threads):
     """gx = gy where out > 0 (or NaN), else 0: the ReLU gradient from its output."""
-    cdef Py_ssize_t n = gy.shape[0], nb = (n + BLOCK - 1) // BLOCK, b, m
-    if out.shape[0] != n or gx.shape[0] != n:
-        raise ValueError(f"relu kernel: arrays of {n}, {out.shape[0]} and {gx.shape[0]} "
-                         f"elements")
-    if n == 0:
-        return
-    cdef const floating* gyp = &gy[0]
-    cdef const floating* op = &out[0]
-    cdef floating* gxp = &gx[0]
-    with nogil:
-        for b in prange(nb, schedule="static", num_threads=n_threads):
-            m = min(BLOCK, n - b * BLOCK)
-            relu_grad_block(gyp + b * BLOCK, op + b * BLOCK, gxp + b * BLOCK, m)
+    check_flat("relu", gy, gx)
+    check_flat("relu", out, gx)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(gy)
+    if cnp.PyArray_TYPE(gy) == cnp.NPY_FLOAT:
+        with nogil:
+            relu_grad_flat(<const float*> cnp.PyArray_DATA(gy),
+                           <const float*> cnp.PyArray_DATA(out),
+                           <float*> cnp.PyArray_DATA(gx), n, n_threads)
+    else:
+        with nogil:
+            relu_grad_flat(<const double*> cnp.PyArray_DATA(gy),
+                           <const double*> cnp.PyArray_DATA(out),
+                           <double*> cnp.PyArray_DATA(gx), n, n_threads)
 
 
 # ---------------------------------------------------------------------------------------
@@ -607,8 +661,8 @@ def pad_forward(const floating[:, ::1] x, floating[:, ::1] y, const int64_t[::1]
     I1, I2, I3 = in_size
     cdef Py_ssize_t P = y.shape[0], O1 = m1.shape[0], O2 = m2.shape[0], O3 = m3.shape[0]
     cdef Py_ssize_t r, p, o1, o2, rows = P * O1 * O2
-    check_planes("x", x, P, I1 * I2 * I3 * B)
-    check_planes("y", y, P, O1 * O2 * O3 * B)
+    check_planes("x", x.shape[0], x.shape[1], P, I1 * I2 * I3 * B)
+    check_planes("y", y.shape[0], y.shape[1], P, O1 * O2 * O3 * B)
     check_map("m1", m1, I1)
     check_map("m2", m2, I2)
     check_map("m3", m3, I3)
@@ -689,8 +743,8 @@ def pad_backward(const floating[:, ::1] gy, floating[:, ::1] gx,
     check_csr("dim 1", np.asarray(ptr1), np.asarray(src1), I1, O1)
     check_csr("dim 2", np.asarray(ptr2), np.asarray(src2), I2, O2)
     check_csr("dim 3", np.asarray(ptr3), np.asarray(src3), I3, O3)
-    check_planes("gy", gy, P, O1 * O2 * O3 * B)
-    check_planes("gx", gx, P, I1 * I2 * I3 * B)
+    check_planes("gy", gy.shape[0], gy.shape[1], P, O1 * O2 * O3 * B)
+    check_planes("gx", gx.shape[0], gx.shape[1], P, I1 * I2 * I3 * B)
     rows = P * I1 * I2
     if rows == 0 or I3 * B == 0:
         return
