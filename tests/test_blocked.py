@@ -17,7 +17,7 @@ import pytest
 import cyconv
 import reference
 from conftest import DTYPES, ConvCase, assert_close, assert_identical
-from cyconv import _cpu, _plan
+from cyconv import _cpu
 
 BLOCKED_CASES = [
     # nd, N, C_in, C_out, groups, in, kernel, stride, padding, dilation, bias
@@ -66,12 +66,14 @@ IDS = [c.id for c in BLOCKED_CASES]
 
 
 def _geometry(case, itemsize=4):
+    from cyconv import _plan
     from cyconv._params import conv_params
     x_shape = case.x_shape if case.batched else (1,) + case.x_shape
     return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).geometry()
 
 
 def _row_width(case):
+    from cyconv import _plan
     from cyconv._params import conv_params
     x_shape = case.x_shape if case.batched else (1,) + case.x_shape
     return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).col_size[-1]
@@ -104,6 +106,7 @@ def _expected_input_grad_kernel(case):
     kernel) -- or im2col, where padding or dilation dwarf the data."""
     if _unit_stride_no_overpad(case):
         return "blocked_flipped"
+    from cyconv import _plan
     from cyconv._params import conv_params
     x_shape = case.x_shape if case.batched else (1,) + case.x_shape
     p = conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs)
