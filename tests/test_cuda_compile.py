@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import cyconv
-from cyconv import _cuda, _dispatch, _gpu, _params, _pool
+from cyconv import _cuda, _dispatch, _gpu, _params, _pool, _runtime
 from cyconv._params import conv_params
 from conftest import (SPECIAL_CONV_CASES, ConvCase, ConvTransposeCase, assert_close,
                       conv_grid, ref_conv, ref_conv_input_grad, ref_conv_transpose,
@@ -56,7 +56,7 @@ def test_importing_cyconv_does_not_import_cupy():
 
 def test_require_cupy_without_cupy_names_the_wheel(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)       # makes `import cupy` fail
-    monkeypatch.setitem(_gpu._state, "cupy", None)
+    monkeypatch.setitem(_cuda._usable, "cupy", None)
     with pytest.raises(ImportError, match=r"pip install 'cyconv\[cuda12\]' \(CUDA 12\) or pip install 'cyconv\[cuda13\]'"):
         _gpu.require_cupy()
 
@@ -72,7 +72,7 @@ def test_require_cupy_without_a_device(monkeypatch):
     fake.cuda = type(sys)("cupy.cuda")
     fake.cuda.runtime = Runtime
     monkeypatch.setitem(sys.modules, "cupy", fake)
-    monkeypatch.setitem(_gpu._state, "cupy", None)
+    monkeypatch.setitem(_cuda._usable, "cupy", None)
     with pytest.raises(RuntimeError, match="no CUDA device is visible"):
         _gpu.require_cupy()
 
@@ -163,7 +163,7 @@ def test_pointwise_detection():
 
 
 def test_workspace_limit_setting(monkeypatch):
-    monkeypatch.setitem(_gpu._state, "workspace", None)
+    monkeypatch.setitem(_runtime._state["workspace"], "cuda", None)
     monkeypatch.setenv("CYCONV_GPU_WORKSPACE_MB", "2")
     assert _gpu.get_workspace_limit() == 2 * 2**20
     _gpu.set_workspace_limit(12345)
@@ -171,7 +171,7 @@ def test_workspace_limit_setting(monkeypatch):
     for bad in (0, -1, 1.5, True):
         with pytest.raises(ValueError, match="positive int"):
             _gpu.set_workspace_limit(bad)
-    monkeypatch.setitem(_gpu._state, "workspace", None)
+    monkeypatch.setitem(_runtime._state["workspace"], "cuda", None)
     monkeypatch.setenv("CYCONV_GPU_WORKSPACE_MB", "lots")
     with pytest.raises(ValueError, match="CYCONV_GPU_WORKSPACE_MB"):
         _gpu.get_workspace_limit()
@@ -584,10 +584,10 @@ def test_emulated_workspace_chunks(case, emulated_gpu, monkeypatch):
                                                               algorithm="im2col"))
         return out, [k for k, _ in emulated_gpu.calls]
 
-    monkeypatch.setitem(_gpu._state, "workspace", 1 << 30)
+    monkeypatch.setitem(_runtime._state["workspace"], "cuda", 1 << 30)
     whole, _ = run()
     for cap in (per_sample + fixed, 2 * per_sample + fixed, 1):
-        monkeypatch.setitem(_gpu._state, "workspace", cap)
+        monkeypatch.setitem(_runtime._state["workspace"], "cuda", cap)
         part, kernels = run()
         direct = "conv_direct_forward" in kernels
         assert direct == (cap == 1 and not _gpu.is_pointwise(p)), (cap, kernels)

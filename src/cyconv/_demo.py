@@ -24,7 +24,7 @@ import numpy as np
 
 import cyconv
 from cyconv import nn, optim
-from cyconv._cuda import INSTALL_HINT
+from cyconv._cuda import CUDAUnavailableError, require_cupy
 
 #: the train/held-out split never changes, so runs with different --seed compare
 SPLIT_SEED = 0
@@ -220,10 +220,9 @@ def main(argv=None) -> int:
     xp = np
     if args.device == "cuda":
         try:
-            import cupy as xp
-        except ImportError:
-            print(f"cyconv demo: --device cuda needs CuPy; {INSTALL_HINT}",
-                  file=sys.stderr)
+            xp = require_cupy("cyconv demo --device cuda")
+        except CUDAUnavailableError as exc:
+            print(exc, file=sys.stderr)
             return 1
 
     t_start = time.perf_counter()

@@ -48,43 +48,13 @@ import numpy as np
 from . import _cuda, _runtime
 from ._cuda import ACC_DTYPES, REDUCE_BLOCK, launch
 
-_INSTALL_HINT = "install the CuPy wheel for your CUDA version: " + _cuda.INSTALL_HINT
-_DEFAULT_WORKSPACE_MB = 1024
 #: dtype in which the weight-gradient partials of successive chunks are summed
 _CHUNK_SUM_DTYPES = {"float16": "float32", "float32": "float64", "float64": "float64"}
-_state = {"cupy": None, "workspace": None}
 
 
 # -- CuPy, devices, workspace ----------------------------------------------------------------
 
-def require_cupy():
-    """Import CuPy and check that a CUDA device can be used; return the ``cupy`` module.
-
-    Raises
-    ------
-    ImportError
-        CuPy is not installed (the message says which wheel to install).
-    RuntimeError
-        CuPy is installed but no CUDA device is usable (no driver, none visible).
-    """
-    cp = _state["cupy"]
-    if cp is not None:
-        return cp
-    try:
-        import cupy as cp
-    except ImportError as exc:
-        raise ImportError(f"cyconv: GPU arrays need CuPy, which is not installed; "
-                          f"{_INSTALL_HINT}") from exc
-    try:
-        n = cp.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, ...
-        raise RuntimeError(f"cyconv: CuPy {cp.__version__} is installed but CUDA cannot be "
-                           f"used: {exc}") from exc
-    if n < 1:
-        raise RuntimeError("cyconv: CuPy is installed but no CUDA device is visible "
-                           "(check CUDA_VISIBLE_DEVICES)")
-    _state["cupy"] = cp
-    return cp
+require_cupy = _cuda.require_cupy
 
 
 def _xp():
@@ -106,29 +76,16 @@ def _oom_errors():
 
 
 def get_workspace_limit() -> int:
-    """Bytes of GPU scratch memory (column buffers) one im2col op may allocate.
-
-    Default 1 GiB, or ``CYCONV_GPU_WORKSPACE_MB``.  The batch is processed in chunks that
-    fit; a smaller cap only means more, smaller GEMMs.
-    """
-    if _state["workspace"] is None:
-        env = os.environ.get("CYCONV_GPU_WORKSPACE_MB", "").strip()
-        try:
-            mb = float(env) if env else _DEFAULT_WORKSPACE_MB
-        except ValueError:
-            mb = -1
-        if not mb > 0:
-            raise ValueError(f"CYCONV_GPU_WORKSPACE_MB must be a positive number, got {env!r}")
-        _state["workspace"] = int(mb * 2**20)
-    return _state["workspace"]
+    """Bytes of GPU scratch memory (column buffers) one im2col op may allocate
+    (:func:`cyconv._runtime.get_workspace_limit` for 'cuda': default 1 GiB, or
+    ``CYCONV_GPU_WORKSPACE_MB``).  The batch is processed in chunks that fit; a smaller
+    cap only means more, smaller GEMMs."""
+    return _runtime.get_workspace_limit("cuda")
 
 
 def set_workspace_limit(nbytes: int) -> None:
     """Cap the GPU scratch memory of one im2col op (see :func:`get_workspace_limit`)."""
-    if isinstance(nbytes, bool) or not isinstance(nbytes, (int, np.integer)) or nbytes < 1:
-        raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
-    _state["workspace"] = int(nbytes)
-    _runtime.settings_changed()
+    _runtime.set_workspace_limit(nbytes, "cuda")
 
 
 def _prepare(p, first, *others):

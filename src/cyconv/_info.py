@@ -36,9 +36,12 @@ def info() -> dict:
 
 
 def _cuda_info():
+    from ._cuda import CUDAUnavailableError, require_cupy
     try:
-        import cupy
-    except Exception as exc:  # ImportError, or a broken CUDA install
+        cupy = require_cupy("cyconv.info")
+    except CUDAUnavailableError as exc:
+        return {"available": False, "reason": str(exc)}
+    except Exception as exc:  # a broken CuPy install
         return {"available": False, "reason": f"CuPy not importable ({type(exc).__name__})"}
     try:
         n = cupy.cuda.runtime.getDeviceCount()

@@ -12,12 +12,11 @@ import threading
 
 from ._params import is_int
 
-_DEFAULT_WORKSPACE_MB = 256
 #: more threads than this is a mistake (an OpenMP runtime may fail to start them all)
 MAX_THREADS = 256
 _lock = threading.Lock()
-_state = {"num_threads": None, "workspace": None, "blas_pinned": False, "blas": None,
-          "forked": False}
+_state = {"num_threads": None, "workspace": {"cpu": None, "cuda": None},
+          "blas_pinned": False, "blas": None, "forked": False}
 #: changes whenever a setting that plans depend on changes (threads, workspace limits, a
 #: fork): part of every plan-cache key (:mod:`cyconv._plan`).
 generation = 0
@@ -72,26 +71,40 @@ def set_num_threads(n: int) -> None:
     settings_changed()
 
 
-def get_workspace_limit() -> int:
-    """Bytes of scratch memory (im2col columns, partial sums) a CPU op may use in all."""
-    if _state["workspace"] is None:
-        env = os.environ.get("CYCONV_WORKSPACE_MB", "").strip()
-        mb = float(env) if env else _DEFAULT_WORKSPACE_MB
-        if mb <= 0:
-            raise ValueError(f"CYCONV_WORKSPACE_MB must be positive, got {env!r}")
-        _state["workspace"] = int(mb * 2**20)
-    return _state["workspace"]
+#: device -> (environment variable, default MiB) of the workspace limit.
+_WORKSPACE_DEFAULTS = {"cpu": ("CYCONV_WORKSPACE_MB", 256),
+                       "cuda": ("CYCONV_GPU_WORKSPACE_MB", 1024)}
 
 
-def set_workspace_limit(nbytes: int) -> None:
-    """Cap the scratch memory of one CPU op (default 256 MiB, env CYCONV_WORKSPACE_MB).
+def get_workspace_limit(device: str = "cpu") -> int:
+    """Bytes of scratch memory one op may use on ``device``: im2col columns and partial
+    sums on the CPU (default 256 MiB, env ``CYCONV_WORKSPACE_MB``), column buffers of one
+    im2col op on the GPU (default 1 GiB, env ``CYCONV_GPU_WORKSPACE_MB``)."""
+    limit = _state["workspace"][device]
+    if limit is None:
+        var, default = _WORKSPACE_DEFAULTS[device]
+        env = os.environ.get(var, "").strip()
+        try:
+            mb = float(env) if env else default
+        except ValueError:
+            mb = -1
+        if not mb > 0:
+            raise ValueError(f"{var} must be a positive number, got {env!r}")
+        limit = _state["workspace"][device] = int(mb * 2**20)
+    return limit
+
+
+def set_workspace_limit(nbytes: int, device: str = "cpu") -> None:
+    """Cap the scratch memory of one op on ``device`` ('cpu' or 'cuda').
 
     A smaller cap only makes the im2col path work in smaller chunks: results agree to
     rounding (the BLAS rounds differently for other GEMM shapes); direct is unaffected.
     """
     if not is_int(nbytes) or nbytes < 1:
         raise ValueError(f"set_workspace_limit: nbytes must be a positive int, got {nbytes!r}")
-    _state["workspace"] = int(nbytes)
+    if device not in _WORKSPACE_DEFAULTS:
+        raise ValueError(f"set_workspace_limit: device must be 'cpu' or 'cuda', got {device!r}")
+    _state["workspace"][device] = int(nbytes)
     settings_changed()
 
 

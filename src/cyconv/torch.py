@@ -105,12 +105,9 @@ _FLOAT_DTYPES = (torch.float16, torch.float32, torch.float64)
 
 
 def _cupy(op):
-    try:
-        return importlib.import_module("cupy")
-    except ImportError as exc:
-        raise TypeError(
-            f"{op}: CUDA tensors run on cyconv's GPU kernels, which need CuPy: install it "
-            f"with {_cuda.INSTALL_HINT} (or move the tensors to the CPU)") from exc
+    """CuPy, for CUDA tensors (:func:`cyconv._cuda.require_cupy`: CUDAUnavailableError
+    when it is missing or cannot reach the device; or move the tensors to the CPU)."""
+    return _cuda.require_cupy(f"{op} (CUDA tensors)")
 
 
 def _to_array(t, op, name):

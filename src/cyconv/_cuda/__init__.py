@@ -164,9 +164,41 @@ def convert_args(where: str, signature, args, dtype, idx_dtype) -> tuple:
     return tuple(out)
 
 
-def _cupy():
-    import cupy
-    return cupy
+class CUDAUnavailableError(ImportError, RuntimeError):
+    """CuPy is not installed, or it cannot reach a CUDA device: the one error every GPU
+    entry point raises (GPU arrays, ``device="cuda"`` layers, CUDA tensors in
+    :mod:`cyconv.torch`, the demo).  Both an ImportError and a RuntimeError, so code that
+    catches either keeps working."""
+
+
+_usable = {"cupy": None}
+
+
+def require_cupy(what: str = "cyconv"):
+    """The ``cupy`` module, once it is known to reach a CUDA device; the one check of
+    "can the GPU be used here".  Raises :class:`CUDAUnavailableError` naming ``what``
+    (the caller) and how to install CuPy."""
+    cp = _usable["cupy"]
+    if cp is not None:
+        return cp
+    try:
+        import cupy as cp
+    except ImportError as exc:
+        raise CUDAUnavailableError(f"{what}: the 'cuda' device needs CuPy, which is not "
+                                   f"installed; install it with {INSTALL_HINT}") from exc
+    try:
+        n = cp.cuda.runtime.getDeviceCount()
+    except Exception as exc:  # CUDARuntimeError: no driver, driver too old, ...
+        raise CUDAUnavailableError(f"{what}: CuPy {cp.__version__} is installed but CUDA "
+                                   f"cannot be used: {exc}") from exc
+    if n < 1:
+        raise CUDAUnavailableError(f"{what}: CuPy is installed but no CUDA device is "
+                                   f"visible (check CUDA_VISIBLE_DEVICES)")
+    _usable["cupy"] = cp
+    return cp
+
+
+_cupy = require_cupy
 
 
 def module(family: str):

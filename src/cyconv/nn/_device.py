@@ -7,12 +7,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from .._cuda import INSTALL_HINT
+from .._cuda import require_cupy
 
 __all__ = ["is_cupy", "array_module", "device_of", "parse_device", "to_device", "layer_dtype"]
-
-_CUDA_HINT = (f"install CuPy for your CUDA version ({INSTALL_HINT}) on a machine with "
-              "an NVIDIA GPU")
 
 
 def is_cupy(a) -> bool:
@@ -31,22 +28,6 @@ def array_module(a):
 def device_of(a) -> str:
     """'cpu' for a NumPy array, 'cuda' for a CuPy array."""
     return "cuda" if is_cupy(a) else "cpu"
-
-
-def _import_cupy(what: str):
-    try:
-        import cupy
-    except ImportError as exc:
-        raise RuntimeError(f"{what}: the 'cuda' device needs CuPy, which is not "
-                           f"installed; {_CUDA_HINT}") from exc
-    try:
-        n = cupy.cuda.runtime.getDeviceCount()
-    except Exception as exc:  # CUDA driver missing or broken
-        raise RuntimeError(f"{what}: CuPy is installed but no CUDA device can be used "
-                           f"({exc})") from exc
-    if n < 1:
-        raise RuntimeError(f"{what}: CuPy is installed but this machine has no CUDA device")
-    return cupy
 
 
 def parse_device(what: str, device):
@@ -72,7 +53,7 @@ def to_device(a, device: str, index=None, what: str = "to"):
     """``a`` as an array on ``device`` (``a`` itself when it is already there)."""
     if device == "cpu":
         return a.get() if is_cupy(a) else a
-    cupy = _import_cupy(what)
+    cupy = require_cupy(what)
     if index is None:
         return a if is_cupy(a) else cupy.asarray(a)
     with cupy.cuda.Device(index):
