@@ -17,6 +17,7 @@ from ._cpu_pool import (adaptive_avg_pool_backward, adaptive_avg_pool_forward,  
                         max_pool_backward, max_pool_forward, pad_backward, pad_forward,
                         relu_backward, relu_forward)
 from ._ext import kernels, native
+from ._params import Geometry
 
 #: when a list, every executed convolution kernel's name is appended (tests compare it
 #: with the plans).
@@ -118,13 +119,12 @@ def _input_grad_by_phases(plan, gy, w, b, gx, nt, ws):
     (writing the slices straight from the kernel measured slower: each cache line of gx
     is then written by every phase).  The kernel reads each phase's taps flipped and
     transposed from a slice of w."""
-    p = plan.params
-    G, C_img, C_col = p.G, p.img_channels, p.col_channels
+    g = plan.params.geom
+    G, C_img, C_col = g.G, g.C_img, g.C_col
     N = gy.shape[0]
-    g = plan.geometry
-    SD, SH, SW = g[12:15]
-    gx5 = gx.reshape((N, C_img) + g[3:6])
-    w5 = w.reshape((C_col, C_img // G) + g[9:12])
+    SD, SH, SW = g.stride
+    gx5 = gx.reshape((N, C_img) + g.img)
+    w5 = w.reshape((C_col, C_img // G) + g.kernel)
     bias = _bias_or_empty(b, gy.dtype)
     blk = kernels("blocked")
     pd, ph, pw = plan.phases
@@ -137,8 +137,9 @@ def _input_grad_by_phases(plan, gy, w, b, gx, nt, ws):
                     continue
                 # the phase's taps t0, t0 + s, ...: one strided slice per axis
                 wp = np.ascontiguousarray(w5[:, :, td[0]::SD, th[0]::SH, tw[0]::SW])
-                geom = ((G, C_col, C_img) + g[6:9] + (nd_, nh, nw)
-                        + (len(td), len(th), len(tw)) + (1, 1, 1) + (bd, bh, bw) + (1, 1, 1))
+                geom = Geometry(G, C_col, C_img, g.col, (nd_, nh, nw),
+                                (len(td), len(th), len(tw)), (1, 1, 1), (bd, bh, bw),
+                                (1, 1, 1)).flat()
                 tmp = np.empty((N, C_img, nd_, nh, nw), gy.dtype)
                 blk.conv_forward(gy.reshape(N, -1), wp.reshape(C_col, -1), bias,
                                  tmp.reshape(N, -1), geom, nt, ws, flip=True)

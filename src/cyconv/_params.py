@@ -14,6 +14,7 @@ from __future__ import annotations
 import math
 import numbers
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -47,6 +48,19 @@ def check_algorithm(op: str, algorithm) -> str:
         raise ValueError(
             f"{op}: unknown algorithm {algorithm!r}; expected one of {', '.join(map(repr, _ALGORITHMS))}")
     return algorithm
+
+
+def conv_out_size(n_in: int, k: int, s: int, pads: tuple, d: int) -> int:
+    """One spatial dim of a convolution's output: floor((in + pb + pa - d*(k-1) - 1) / s)
+    + 1 (PyTorch's ``conv_output_size``); the one formula :mod:`cyconv` uses."""
+    return (n_in + pads[0] + pads[1] - d * (k - 1) - 1) // s + 1
+
+
+def conv_transpose_out_size(n_in: int, k: int, s: int, pads: tuple, d: int,
+                            output_padding: int = 0) -> int:
+    """One spatial dim of a transposed convolution's output:
+    (in - 1)*s - pb - pa + d*(k-1) + output_padding + 1."""
+    return (n_in - 1) * s - pads[0] - pads[1] + d * (k - 1) + output_padding + 1
 
 
 def same_padding(in_size: int, k: int, s: int, d: int) -> tuple:
@@ -98,6 +112,28 @@ def _padding_pairs(op, padding, nd, in_size, kernel_size, stride, dilation, tran
         if pb < 0 or pa < 0:
             raise ValueError(f"{op}: padding must be non-negative, got {padding!r}")
     return pairs
+
+
+class Geometry(NamedTuple):
+    """A convolution in conv view, padded to 3 spatial dims (leading unit dims): the
+    image side (a convolution's input, a transposed convolution's output), the column
+    side, and per-dim (D, H, W) triples.  ``pad`` is the padding *before* each dim."""
+    G: int
+    C_img: int
+    C_col: int
+    img: tuple
+    col: tuple
+    kernel: tuple
+    stride: tuple
+    pad: tuple
+    dilation: tuple
+
+    def flat(self) -> tuple:
+        """(G, C_img, C_col, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW, DD,
+        DH, DW): the plain tuple the kernels take (``make_geom`` in ``_geom.pxd``,
+        ``CYC_GEOM_PARAMS`` in ``common.cuh``)."""
+        return ((self.G, self.C_img, self.C_col) + self.img + self.col + self.kernel
+                + self.stride + self.pad + self.dilation)
 
 
 @dataclass(frozen=True)
@@ -169,26 +205,30 @@ class ConvParams:
         """Multiply-adds times two of the whole op (forward or either gradient)."""
         return 2 * self.N * self.col_channels * self.pixels * self.gemm_k
 
-    def geometry(self) -> tuple:
-        """The conv view padded to 3 spatial dims, as the kernels read it.
+    @property
+    def geom(self) -> "Geometry":
+        """The conv view padded to 3 spatial dims, with named fields (see
+        :class:`Geometry`).  Computed once per instance."""
+        cached = self.__dict__.get("_geom")
+        if cached is None:
+            lead = 3 - self.nd
+            cached = Geometry(
+                self.G, self.img_channels, self.col_channels,
+                img=(1,) * lead + self.img_size, col=(1,) * lead + self.col_size,
+                kernel=(1,) * lead + self.kernel_size, stride=(1,) * lead + self.stride,
+                pad=(0,) * lead + tuple(pb for pb, _ in self.padding),
+                dilation=(1,) * lead + self.dilation)
+            object.__setattr__(self, "_geom", cached)    # frozen: not a field, no eq/hash
+        return cached
 
-        (G, C_img, C_col, D, H, W, OD, OH, OW, KD, KH, KW, SD, SH, SW, PD, PH, PW,
-        DD, DH, DW) where P* is the *before* padding.  Computed once per instance (the
-        dispatch asks for it several times per call).
-        """
+    def geometry(self) -> tuple:
+        """:attr:`geom` as the flat 21-tuple the kernels read (:meth:`Geometry.flat`).
+        Computed once per instance."""
         cached = self.__dict__.get("_geometry")
-        if cached is not None:
-            return cached
-        lead = 3 - self.nd
-        img = (1,) * lead + self.img_size
-        col = (1,) * lead + self.col_size
-        k = (1,) * lead + self.kernel_size
-        s = (1,) * lead + self.stride
-        p = (0,) * lead + tuple(pb for pb, _ in self.padding)
-        d = (1,) * lead + self.dilation
-        geom = (self.G, self.img_channels, self.col_channels) + img + col + k + s + p + d
-        object.__setattr__(self, "_geometry", geom)      # frozen: not a field, no eq/hash
-        return geom
+        if cached is None:
+            cached = self.geom.flat()
+            object.__setattr__(self, "_geometry", cached)
+        return cached
 
 
 def _rank_error(op, nd, what, shape):
@@ -259,10 +299,9 @@ def conv_params(op: str, nd: int, x_shape, w_shape, *, stride=1, padding=0, dila
                     f"dilation {d} (output = (in - 1) * stride - 2 * padding + dilation * "
                     f"(kernel - 1) + output_padding + 1)")
         pairs = _padding_pairs(op, padding, nd, in_size, kernel_size, stride, dilation, True)
-        computed = tuple(
-            (i - 1) * s - pb - pa + d * (k - 1) + o + 1
-            for i, s, (pb, pa), d, k, o in zip(in_size, stride, pairs, dilation, kernel_size,
-                                               output_padding))
+        computed = tuple(conv_transpose_out_size(i, k, s, pair, d, o)
+                         for i, s, pair, d, k, o in zip(in_size, stride, pairs, dilation,
+                                                        kernel_size, output_padding))
         if out_size is not None:
             out_size = _shape(out_size)
             if out_size != computed:
@@ -308,7 +347,7 @@ def conv_params(op: str, nd: int, x_shape, w_shape, *, stride=1, padding=0, dila
                     f"{op}: kernel larger than the padded input in spatial dim {i}: padded "
                     f"size {padded} (= {n_in} + {pb} + {pa}) < effective kernel {eff} "
                     f"(= dilation {d} * (kernel {k} - 1) + 1) {shapes}")
-            out.append((padded - eff) // s + 1)
+            out.append(conv_out_size(n_in, k, s, (pb, pa), d))
         out_size = tuple(out)
 
     if b_shape is not None:

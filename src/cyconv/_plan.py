@@ -179,11 +179,10 @@ def input_grad_is_forward(p: ConvParams) -> bool:
 def input_grad_as_forward(p: ConvParams) -> tuple:
     """Geometry of gx = conv(gy, w') for a unit-stride convolution: the image and column
     sides swap and the padding before becomes ``d*(k-1) - pad``."""
-    g = p.geometry()
-    G, C_img, C_col = g[0:3]
-    k, pad, dil = g[9:12], g[15:18], g[18:21]
-    flipped = tuple(d * (kk - 1) - pb for d, kk, pb in zip(dil, k, pad))
-    return (G, C_col, C_img) + g[6:9] + g[3:6] + k + (1, 1, 1) + flipped + dil
+    g = p.geom
+    flipped = tuple(d * (k - 1) - pb for d, k, pb in zip(g.dilation, g.kernel, g.pad))
+    return g._replace(C_img=g.C_col, C_col=g.C_img, img=g.col, col=g.img, stride=(1, 1, 1),
+                      pad=flipped).flat()
 
 
 def _axis_phases(n, k, s, pad):
@@ -210,10 +209,10 @@ def input_grad_phases(p: ConvParams):
     axes included), a list of (r, positions, taps, padding before); None where this does
     not apply: dilation other than 1, or a phase that would need negative padding
     (padding wider than the kernel)."""
-    g = p.geometry()
-    if any(d != 1 for d in g[18:21]):
+    g = p.geom
+    if any(d != 1 for d in g.dilation):
         return None
-    axes = [_axis_phases(*a) for a in zip(g[3:6], g[9:12], g[12:15], g[15:18])]
+    axes = [_axis_phases(*a) for a in zip(g.img, g.kernel, g.stride, g.pad)]
     return None if any(a is None for a in axes) else axes
 
 

@@ -11,7 +11,7 @@ import numpy as np
 
 import cyconv
 
-from .._params import conv_params, int_tuple, is_int
+from .._params import conv_params, conv_transpose_out_size, int_tuple, is_int
 from . import _init
 from ._device import layer_dtype, parse_device, to_device
 from .module import Module, Parameter
@@ -191,7 +191,7 @@ class _ConvTransposeForward(_ConvNd):
             raise ValueError(f"{name}: output_size must have {nd} or {nd + lead} elements, got "
                              f"{output_size!r} for input {tuple(x.shape)}")
         in_size = tuple(x.shape[-nd:])
-        min_sizes = tuple((i - 1) * s - 2 * p + d * (k - 1) + 1 for i, s, p, d, k in zip(
+        min_sizes = tuple(conv_transpose_out_size(i, k, s, (p, p), d) for i, s, p, d, k in zip(
             in_size, self.stride, self.padding, self.dilation, self.kernel_size))
         max_sizes = tuple(m + s - 1 for m, s in zip(min_sizes, self.stride))
         if any(not lo <= o <= hi for o, lo, hi in zip(size, min_sizes, max_sizes)):
