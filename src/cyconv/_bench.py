@@ -291,15 +291,6 @@ class Case:
     arrays: dict = field(default_factory=dict)
     contenders: dict = field(default_factory=dict)
 
-    @property
-    def conv_view_direction(self) -> str:
-        """The direction as cyconv's kernels see it (a transposed conv is a conv's
-        input gradient)."""
-        if not self.shape.transposed:
-            return self.direction
-        return {"transposed": "backward_input", "backward_input": "forward",
-                "backward_weight": "backward_weight"}[self.direction]
-
 
 def _conv_kwargs(s: BenchShape):
     return dict(stride=s.stride, padding=s.padding, dilation=s.dilation, groups=s.groups)

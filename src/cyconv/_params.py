@@ -460,11 +460,6 @@ class _PlaneShapes:
     def y_shape(self) -> tuple:
         return ((self.N,) if self.batched else ()) + (self.C,) + self.out_size
 
-    @property
-    def planes(self) -> int:
-        """Independent (sample, channel) planes: N * C."""
-        return self.N * self.C
-
 
 @dataclass(frozen=True)
 class PoolParams(_PlaneShapes):
