@@ -82,6 +82,17 @@ def test_tiny_ops_run_on_one_thread():
         cyconv.set_num_threads(cyconv._runtime._default_threads())
 
 
+def test_gpu_plans_need_no_gpu():
+    """Plans for device='cuda' are made without CuPy: im2col or direct, as asked or by
+    'auto' (which knows no CPU-only kernels there)."""
+    p = _plan_of("conv2d", (8, 64, 28, 28), (64, 64, 3, 3), padding=1, device="cuda")
+    assert (p.device, p.algorithm, p.kernel, p.threads) == ("cuda", "im2col", "im2col", 0)
+    assert "allocation fails" in p.reason
+    p = _plan_of("conv2d", (8, 32, 28, 28), (32, 1, 3, 3), padding=1, groups=32,
+                 device="cuda", dtype="float16")
+    assert (p.kernel, p.dtype) == ("direct", "float16")
+
+
 def test_plan_describes_itself():
     p = _plan_of("conv2d", (8, 64, 28, 28), (64, 64, 3, 3), padding=1)
     assert p.op == "conv2d" and p.direction == "forward" and p.device == "cpu"
