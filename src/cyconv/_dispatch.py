@@ -2,7 +2,7 @@
 
 ``functional`` and ``grad`` describe each public op as a direction of the conv-view
 primitives (forward, backward_input, backward_weight).  A call first looks its plan up
-by its raw arguments (:func:`call_key`); only on a miss are the devices, dtypes and
+by its raw arguments (:func:`planned`); only on a miss are the devices, dtypes and
 arguments checked and normalised (:mod:`cyconv._params`) and the plan made
 (:mod:`cyconv._plan`), through a second cache keyed by the normalised arguments, which
 :func:`cyconv.plan` shares, so a plan asked for and the plan a call runs are one object.
@@ -67,12 +67,13 @@ def plan_for(op, p, conv_direction, public_direction, dtype, algorithm, device):
 
 
 def planned(make, op, arrays, args):
-    """``make(op, *arrays, *args)``, cached: the checked, normalised state of a call of
-    the ops that have no kernel choice (pooling, pad, ReLU, linear), e.g. ``(device,
-    PoolParams)``.  The key holds each array's type, shape and dtype (None stays None),
-    the other arguments frozen with their types (:func:`cyconv._plan.freeze`) and the
-    settings' generation; arguments that cannot key the cache are checked afresh on
-    every call."""
+    """``make(op, *arrays, *args)``, cached by the call's raw arguments: a convolution's
+    :class:`~cyconv._plan.Plan`, or the checked state of an op with no kernel choice
+    (pooling, pad, linear), e.g. ``(device, PoolParams)``.  The key holds each array's
+    type, shape and dtype (None stays None), the other arguments frozen with their types
+    (:func:`cyconv._plan.freeze`) and the settings' generation; arguments that cannot
+    key the cache (lists, say) are checked afresh on every call, and a call whose
+    arguments are wrong raises from ``make`` every time."""
     try:
         key = [op, _runtime.generation]
         for a in arrays:

@@ -6,37 +6,22 @@ Convolutions here are cross-correlations (no kernel flip), as in PyTorch.  Weigh
 """
 from __future__ import annotations
 
-from . import _dispatch, _runtime
-from ._dispatch import backend, batched, unbatch
+from . import _dispatch
+from ._dispatch import backend, batched, planned, unbatch
 from ._params import conv_params
-from ._plan import Unplanned, freeze
 
 __all__ = ["conv1d", "conv2d", "conv3d",
            "conv_transpose1d", "conv_transpose2d", "conv_transpose3d"]
 
-_calls = _dispatch._calls
-
 
 def _conv(op, nd, input, weight, bias, stride, padding, dilation, groups, algorithm):
-    try:
-        key = (op, type(input), input.shape, input.dtype, type(weight), weight.shape,
-               weight.dtype, None if bias is None else (type(bias), bias.shape, bias.dtype),
-               freeze(stride), freeze(padding), freeze(dilation), freeze(groups),
-               freeze(algorithm), _runtime.generation)
-        plan = _calls[key]
-    except KeyError:
-        plan = _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups,
-                          algorithm)
-        _dispatch.remember_call(key, plan)
-    except (AttributeError, TypeError, Unplanned):
-        plan = _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups,
-                          algorithm)
+    plan = planned(_plan_conv, op, (input, weight, bias),
+                   (nd, stride, padding, dilation, groups, algorithm))
     p = plan.params
-    y = backend(plan.device).conv_forward(plan, batched(input, p), weight, bias)
-    return unbatch(y, p)
+    return unbatch(backend(plan.device).conv_forward(plan, batched(input, p), weight, bias), p)
 
 
-def _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups, algorithm):
+def _plan_conv(op, input, weight, bias, nd, stride, padding, dilation, groups, algorithm):
     device, dtype = _dispatch.prepare(op, input=input, weight=weight, bias=bias)
     p = conv_params(op, nd, input.shape, weight.shape, stride=stride, padding=padding,
                     dilation=dilation, groups=groups,
@@ -46,25 +31,15 @@ def _plan_conv(op, nd, input, weight, bias, stride, padding, dilation, groups, a
 
 def _conv_transpose(op, nd, input, weight, bias, stride, padding, output_padding, groups,
                     dilation, algorithm, output_size=None):
-    try:
-        key = (op, type(input), input.shape, input.dtype, type(weight), weight.shape,
-               weight.dtype, None if bias is None else (type(bias), bias.shape, bias.dtype),
-               freeze(stride), freeze(padding), freeze(output_padding), freeze(groups),
-               freeze(dilation), freeze(algorithm), freeze(output_size), _runtime.generation)
-        plan = _calls[key]
-    except KeyError:
-        plan = _plan_conv_transpose(op, nd, input, weight, bias, stride, padding,
-                                    output_padding, groups, dilation, algorithm, output_size)
-        _dispatch.remember_call(key, plan)
-    except (AttributeError, TypeError, Unplanned):
-        plan = _plan_conv_transpose(op, nd, input, weight, bias, stride, padding,
-                                    output_padding, groups, dilation, algorithm, output_size)
+    plan = planned(_plan_conv_transpose, op, (input, weight, bias),
+                   (nd, stride, padding, output_padding, groups, dilation, algorithm,
+                    output_size))
     p = plan.params
     y = backend(plan.device).conv_backward_input(plan, batched(input, p), weight, bias)
     return unbatch(y, p)
 
 
-def _plan_conv_transpose(op, nd, input, weight, bias, stride, padding, output_padding,
+def _plan_conv_transpose(op, input, weight, bias, nd, stride, padding, output_padding,
                          groups, dilation, algorithm, output_size):
     device, dtype = _dispatch.prepare(op, input=input, weight=weight, bias=bias)
     p = conv_params(op, nd, input.shape, weight.shape, stride=stride, padding=padding,

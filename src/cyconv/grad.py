@@ -6,15 +6,12 @@ accepts is accepted here too.
 """
 from __future__ import annotations
 
-from . import _dispatch, _runtime
-from ._dispatch import backend, batched, unbatch
+from . import _dispatch
+from ._dispatch import backend, batched, planned, unbatch
 from ._params import conv_params, is_int
-from ._plan import Unplanned, freeze
 
 __all__ = ["bias"] + [f"conv{nd}d_{w}" for nd in (1, 2, 3) for w in ("input", "weight")] + [
     f"conv_transpose{nd}d_{w}" for nd in (1, 2, 3) for w in ("input", "weight")]
-
-_calls = _dispatch._calls
 
 
 def _size(op, name, size):
@@ -32,19 +29,9 @@ def _check_gy(op, p, gy):
 
 def _conv_input(op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
                 algorithm, transposed=False, output_padding=0):
-    args = (op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
-            algorithm, transposed, output_padding)
-    try:
-        key = (op, freeze(input_size), type(weight), weight.shape, weight.dtype,
-               type(grad_output), grad_output.shape, grad_output.dtype, freeze(stride),
-               freeze(padding), freeze(dilation), freeze(groups), freeze(algorithm),
-               freeze(output_padding), _runtime.generation)
-        plan = _calls[key]
-    except KeyError:
-        plan = _plan_input(*args)
-        _dispatch.remember_call(key, plan)
-    except (AttributeError, TypeError, Unplanned):
-        plan = _plan_input(*args)
+    plan = planned(_plan_input, op, (weight, grad_output),
+                   (nd, input_size, stride, padding, dilation, groups, algorithm, transposed,
+                    output_padding))
     p = plan.params
     be = backend(plan.device)
     gy = batched(grad_output, p)
@@ -55,7 +42,7 @@ def _conv_input(op, nd, input_size, weight, grad_output, stride, padding, dilati
     return unbatch(gx, p)
 
 
-def _plan_input(op, nd, input_size, weight, grad_output, stride, padding, dilation, groups,
+def _plan_input(op, weight, grad_output, nd, input_size, stride, padding, dilation, groups,
                 algorithm, transposed, output_padding):
     device, dtype = _dispatch.prepare(op, weight=weight, grad_output=grad_output)
     p = conv_params(op, nd, _size(op, "input_size", input_size), weight.shape, stride=stride,
@@ -68,19 +55,9 @@ def _plan_input(op, nd, input_size, weight, grad_output, stride, padding, dilati
 
 def _conv_weight(op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
                  algorithm, transposed=False, output_padding=0):
-    args = (op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
-            algorithm, transposed, output_padding)
-    try:
-        key = (op, type(input), input.shape, input.dtype, freeze(weight_size),
-               type(grad_output), grad_output.shape, grad_output.dtype, freeze(stride),
-               freeze(padding), freeze(dilation), freeze(groups), freeze(algorithm),
-               freeze(output_padding), _runtime.generation)
-        plan = _calls[key]
-    except KeyError:
-        plan = _plan_weight(*args)
-        _dispatch.remember_call(key, plan)
-    except (AttributeError, TypeError, Unplanned):
-        plan = _plan_weight(*args)
+    plan = planned(_plan_weight, op, (input, grad_output),
+                   (nd, weight_size, stride, padding, dilation, groups, algorithm, transposed,
+                    output_padding))
     p = plan.params
     x = batched(input, p)
     gy = batched(grad_output, p)
@@ -89,7 +66,7 @@ def _conv_weight(op, nd, input, weight_size, grad_output, stride, padding, dilat
     return backend(plan.device).conv_backward_weight(plan, x, gy)
 
 
-def _plan_weight(op, nd, input, weight_size, grad_output, stride, padding, dilation, groups,
+def _plan_weight(op, input, grad_output, nd, weight_size, stride, padding, dilation, groups,
                  algorithm, transposed, output_padding):
     device, dtype = _dispatch.prepare(op, input=input, grad_output=grad_output)
     p = conv_params(op, nd, input.shape, _size(op, "weight_size", weight_size), stride=stride,
