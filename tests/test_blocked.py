@@ -66,14 +66,12 @@ IDS = [c.id for c in BLOCKED_CASES]
 
 
 def _geometry(case, itemsize=4):
-    from cyconv import _plan
     from cyconv._params import conv_params
     x_shape = case.x_shape if case.batched else (1,) + case.x_shape
     return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).geometry()
 
 
 def _row_width(case):
-    from cyconv import _plan
     from cyconv._params import conv_params
     x_shape = case.x_shape if case.batched else (1,) + case.x_shape
     return conv_params(case.op, case.nd, x_shape, case.w_shape, **case.kwargs).col_size[-1]

@@ -57,7 +57,8 @@ def test_importing_cyconv_does_not_import_cupy():
 def test_require_cupy_without_cupy_names_the_wheel(monkeypatch):
     monkeypatch.setitem(sys.modules, "cupy", None)       # makes `import cupy` fail
     monkeypatch.setitem(_cuda._usable, "cupy", None)
-    with pytest.raises(ImportError, match=r"pip install 'cyconv\[cuda12\]' \(CUDA 12\) or pip install 'cyconv\[cuda13\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'cyconv\[cuda12\]' \(CUDA 12\) or "
+                                          r"pip install 'cyconv\[cuda13\]'"):
         _gpu.require_cupy()
 
 

@@ -703,7 +703,8 @@ def test_other_dtypes_are_type_errors_naming_the_dtype(call, dtype):
 
 
 def test_non_array_input_is_a_type_error():
-    with pytest.raises(TypeError, match="max_pool2d: input must be a NumPy or CuPy array, got list"):
+    with pytest.raises(TypeError,
+                       match="max_pool2d: input must be a NumPy or CuPy array, got list"):
         cyconv.max_pool2d([[[[1.0]]]], 1)
 
 

@@ -41,7 +41,6 @@ Notes
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 
