@@ -702,6 +702,30 @@ def test_other_dtypes_are_type_errors_naming_the_dtype(call, dtype):
         call(np.zeros((1, 1, 4, 4), dtype))
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_non_native_byte_order_gives_the_native_results(dtype):
+    """A big-endian input computes what the native one does (the outputs were once
+    allocated in the input's byte order and filled with native values: garbage)."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((2, 3, 8, 9)).astype(dtype)
+    xb = x.astype(np.dtype(dtype).newbyteorder(">"))
+    y, idx = cyconv.max_pool2d(x, 2, return_indices=True)
+    calls = [
+        lambda a: cyconv.max_pool2d(a, 3, 2, 1),
+        lambda a: cyconv.avg_pool2d(a, 2, ceil_mode=True),
+        lambda a: cyconv.adaptive_avg_pool2d(a, (3, 4)),
+        lambda a: cyconv.relu(a),
+        lambda a: cyconv.pad(a, (1, 2, 0, 1), mode="reflect"),
+        lambda a: cyconv.grad.max_pool2d(a[:, :, :4, :4], idx, x.shape),
+        lambda a: cyconv.grad.avg_pool2d(a[:, :, :4, :4], x.shape, 2),
+        lambda a: cyconv.grad.adaptive_avg_pool2d(a[:, :, :3, :4], x.shape),
+    ]
+    for i, call in enumerate(calls):
+        got, want = call(xb), call(x)
+        np.testing.assert_array_equal(got, want, err_msg=f"call {i}")
+        assert got.dtype.isnative
+
+
 def test_non_array_input_is_a_type_error():
     with pytest.raises(TypeError,
                        match="max_pool2d: input must be a NumPy or CuPy array, got list"):

@@ -42,6 +42,7 @@ def max_pool_forward(pp, x, return_indices):
     int64 flat index of each maximum within its input plane, or None when
     ``return_indices`` is False.  NaN propagates; ties keep the first maximum.
     """
+    x = _contiguous(x)                # native byte order: outputs are allocated in it
     y = np.empty((pp.N, pp.C) + pp.out_size, x.dtype)
     idx = np.empty(y.shape, np.int64) if return_indices else None
     work = y.size * math.prod(pp.kernel_size)
@@ -57,6 +58,7 @@ def max_pool_backward(ps, gy, idx):
 
     Raises ValueError when an index lies outside the input plane.
     """
+    gy = _contiguous(gy)
     gx = np.empty((ps.N, ps.C) + ps.in_size, gy.dtype)
     plane = math.prod(ps.in_size)
     bad = kernels("pool").max_pool_backward(
@@ -73,6 +75,7 @@ def max_pool_backward(ps, gy, idx):
 def avg_pool_forward(pp, x):
     """Average pooling (``PoolParams`` ``pp``) of ``x`` (N, C, *in_size), with
     PyTorch's divisors (``count_include_pad``, ``divisor_override``, ceil-mode edges)."""
+    x = _contiguous(x)
     y = np.empty((pp.N, pp.C) + pp.out_size, x.dtype)
     kernels("pool").avg_pool_forward(
         _planes(x), _planes(y), pp.geometry(), pp.count_include_pad,
@@ -82,6 +85,7 @@ def avg_pool_forward(pp, x):
 
 def avg_pool_backward(pp, gy):
     """Gradient of :func:`avg_pool_forward` w.r.t. its input: (N, C, *in_size)."""
+    gy = _contiguous(gy)
     gx = np.empty((pp.N, pp.C) + pp.in_size, gy.dtype)
     kernels("pool").avg_pool_backward(
         _planes(gy), _planes(gx), pp.geometry(), pp.count_include_pad,
@@ -95,6 +99,7 @@ def avg_pool_backward(pp, gy):
 def adaptive_avg_pool_forward(ps, x):
     """Adaptive average pooling (``PoolShape`` ``ps``) of ``x`` (N, C, *in_size) into
     (N, C, *out_size); windows [floor(o * in / out), ceil((o + 1) * in / out))."""
+    x = _contiguous(x)
     y = np.empty((ps.N, ps.C) + ps.out_size, x.dtype)
     kernels("pool").adaptive_avg_pool_forward(
         _planes(x), _planes(y), ps.geometry(), threads_for(x.size))
@@ -103,6 +108,7 @@ def adaptive_avg_pool_forward(ps, x):
 
 def adaptive_avg_pool_backward(ps, gy):
     """Gradient of :func:`adaptive_avg_pool_forward` w.r.t. its input."""
+    gy = _contiguous(gy)
     gx = np.empty((ps.N, ps.C) + ps.in_size, gy.dtype)
     kernels("pool").adaptive_avg_pool_backward(
         _planes(gy), _planes(gx), ps.geometry(), threads_for(gx.size + gy.size))
