@@ -38,6 +38,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from . import _runtime
 from ._params import INT32_MAX, ConvParams
 
@@ -311,8 +313,6 @@ def make_plan(op: str, p: ConvParams, conv_direction: str, dtype, algorithm: str
     """The plan of one call: ``p`` checked, ``dtype`` the common dtype, ``algorithm`` the
     user's ('auto', 'im2col', 'direct'; already checked), ``conv_direction`` the conv-view
     direction.  Reads the thread count and the workspace limit (part of the cache key)."""
-    import numpy as np
-
     dtype = np.dtype(dtype)
     if algorithm == "im2col" and not im2col_feasible(p):
         raise ValueError(
