@@ -34,6 +34,10 @@ def _finite_weights(plan, w):
     """The plan itself, or its ``nonfinite`` plan when ``w`` holds NaN or Inf."""
     if plan.nonfinite is not None and not kernels("direct").all_finite(w.reshape(-1)):
         plan = plan.nonfinite
+    return _traced(plan)
+
+
+def _traced(plan):
     if trace is not None:
         trace.append(plan.kernel)
     return plan
@@ -104,8 +108,7 @@ def conv_backward_weight(plan, x, gy):
     if N == 0:
         gw[...] = 0
         return gw
-    if trace is not None:
-        trace.append(plan.kernel)
+    _traced(plan)
     _runtime.pin_blas()
     kernels(plan.kernel).conv_backward_weight(x.reshape(N, -1), gy.reshape(N, -1),
                                               gw.reshape(gw.shape[0], -1), plan.geometry,

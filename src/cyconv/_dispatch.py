@@ -25,9 +25,8 @@ _calls: dict = {}
 
 
 def backend(device: str):
-    """The module that executes plans for ``device`` ('cpu' or 'cuda'; 'numpy' and
-    'cupy' are accepted too)."""
-    if device in ("cuda", "cupy"):
+    """The module that executes plans on ``device`` ('cpu' or 'cuda')."""
+    if device == "cuda":
         from . import _gpu
         return _gpu
     return _cpu

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from . import _cpu_pool, _dispatch
-from ._dispatch import batched, planned, unbatch
+from . import _cpu_pool
+from ._dispatch import backend, batched, planned, prepare, unbatch
 from ._params import (adaptive_pool_params, array_module_name, check_indices,
                       linear_params, pad_params, pool_grad_shape, pool_params, size_tuple)
 
@@ -29,16 +29,6 @@ _GRAD = ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d",
          "avg_pool3d", "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d",
          "relu", "pad"]
 __all__ = _FORWARD + [f"grad_{name}" for name in _GRAD]
-
-
-def _prepare(op, **arrays):
-    """Device ('cpu' | 'cuda') and common float dtype of the named arrays."""
-    return _dispatch.prepare(op, **arrays)
-
-
-def _backend(device):
-    """The module that runs these ops on ``device`` (_cpu or _gpu)."""
-    return _dispatch.backend(device)
 
 
 def _check_gy(op, grad_output, expected, detail):
@@ -59,13 +49,13 @@ _SHAPES = {1: ("(N, C, L)", "(C, L)", "L"), 2: ("(N, C, H, W)", "(C, H, W)", "H,
 def _max_pool(nd, input, kernel_size, stride, padding, dilation, ceil_mode, return_indices):
     device, p = planned(_plan_max_pool, f"max_pool{nd}d", (input,),
                         (nd, kernel_size, stride, padding, dilation, ceil_mode))
-    y, idx = _backend(device).max_pool_forward(p, batched(input, p), bool(return_indices))
+    y, idx = backend(device).max_pool_forward(p, batched(input, p), bool(return_indices))
     y = unbatch(y, p)
     return (y, unbatch(idx, p)) if return_indices else y
 
 
 def _plan_max_pool(op, input, nd, kernel_size, stride, padding, dilation, ceil_mode):
-    device, _ = _prepare(op, input=input)
+    device, _ = prepare(op, input=input)
     return device, pool_params(op, nd, "max", input.shape, kernel_size, stride, padding,
                                dilation, ceil_mode)
 
@@ -73,13 +63,13 @@ def _plan_max_pool(op, input, nd, kernel_size, stride, padding, dilation, ceil_m
 def _grad_max_pool(nd, grad_output, indices, input_size):
     device, ps = planned(_plan_grad_max_pool, f"max_pool{nd}d", (grad_output, indices),
                          (nd, input_size))
-    gx = _backend(device).max_pool_backward(ps, batched(grad_output, ps),
+    gx = backend(device).max_pool_backward(ps, batched(grad_output, ps),
                                             batched(indices, ps))
     return unbatch(gx, ps)
 
 
 def _plan_grad_max_pool(op, grad_output, indices, nd, input_size):
-    device, _ = _prepare(op, grad_output=grad_output)
+    device, _ = prepare(op, grad_output=grad_output)
     array_module_name(op, grad_output=grad_output, indices=indices)
     ps = pool_grad_shape(op, nd, input_size, grad_output.shape)
     check_indices(op, indices, grad_output.shape)
@@ -135,12 +125,12 @@ def _avg_pool(nd, input, kernel_size, stride, padding, ceil_mode, count_include_
     device, p = planned(_plan_avg_pool, f"avg_pool{nd}d", (input,),
                         (nd, kernel_size, stride, padding, ceil_mode, count_include_pad,
                          divisor_override))
-    return unbatch(_backend(device).avg_pool_forward(p, batched(input, p)), p)
+    return unbatch(backend(device).avg_pool_forward(p, batched(input, p)), p)
 
 
 def _plan_avg_pool(op, input, nd, kernel_size, stride, padding, ceil_mode,
                    count_include_pad, divisor_override):
-    device, _ = _prepare(op, input=input)
+    device, _ = prepare(op, input=input)
     return device, pool_params(op, nd, "avg", input.shape, kernel_size, stride, padding, 1,
                                ceil_mode, count_include_pad, divisor_override)
 
@@ -150,12 +140,12 @@ def _grad_avg_pool(nd, grad_output, input_size, kernel_size, stride, padding, ce
     device, p = planned(_plan_grad_avg_pool, f"avg_pool{nd}d", (grad_output,),
                         (nd, input_size, kernel_size, stride, padding, ceil_mode,
                          count_include_pad, divisor_override))
-    return unbatch(_backend(device).avg_pool_backward(p, batched(grad_output, p)), p)
+    return unbatch(backend(device).avg_pool_backward(p, batched(grad_output, p)), p)
 
 
 def _plan_grad_avg_pool(op, grad_output, nd, input_size, kernel_size, stride, padding,
                         ceil_mode, count_include_pad, divisor_override):
-    device, _ = _prepare(op, grad_output=grad_output)
+    device, _ = prepare(op, grad_output=grad_output)
     p = pool_params(op, nd, "avg", size_tuple(op, "input_size", input_size), kernel_size,
                     stride, padding, 1, ceil_mode, count_include_pad, divisor_override,
                     what="input_size")
@@ -212,23 +202,23 @@ divisor and added to every input element of the window.
 def _adaptive_avg_pool(nd, input, output_size):
     device, ps = planned(_plan_adaptive, f"adaptive_avg_pool{nd}d", (input,),
                          (nd, output_size))
-    return unbatch(_backend(device).adaptive_avg_pool_forward(ps, batched(input, ps)), ps)
+    return unbatch(backend(device).adaptive_avg_pool_forward(ps, batched(input, ps)), ps)
 
 
 def _plan_adaptive(op, input, nd, output_size):
-    device, _ = _prepare(op, input=input)
+    device, _ = prepare(op, input=input)
     return device, adaptive_pool_params(op, nd, input.shape, output_size)
 
 
 def _grad_adaptive_avg_pool(nd, grad_output, input_size):
     device, ps = planned(_plan_grad_adaptive, f"adaptive_avg_pool{nd}d", (grad_output,),
                          (nd, input_size))
-    gx = _backend(device).adaptive_avg_pool_backward(ps, batched(grad_output, ps))
+    gx = backend(device).adaptive_avg_pool_backward(ps, batched(grad_output, ps))
     return unbatch(gx, ps)
 
 
 def _plan_grad_adaptive(op, grad_output, nd, input_size):
-    device, _ = _prepare(op, grad_output=grad_output)
+    device, _ = prepare(op, grad_output=grad_output)
     return device, pool_grad_shape(op, nd, input_size, grad_output.shape)
 
 
@@ -341,8 +331,8 @@ def relu(input):
     """
     if type(input) is np.ndarray and input.dtype in _CPU_DTYPES:   # the common case
         return _cpu_pool.relu_forward(input)
-    device, _ = _prepare("relu", input=input)
-    return _backend(device).relu_forward(input)
+    device, _ = prepare("relu", input=input)
+    return backend(device).relu_forward(input)
 
 
 def grad_relu(grad_output, output):
@@ -356,11 +346,11 @@ def grad_relu(grad_output, output):
     output : array of the same shape and dtype: what ``relu`` returned
     """
     device = planned(_plan_grad_relu, "grad_relu", (grad_output, output), ())
-    return _backend(device).relu_backward(grad_output, output)
+    return backend(device).relu_backward(grad_output, output)
 
 
 def _plan_grad_relu(op, grad_output, output):
-    device, _ = _prepare("relu", grad_output=grad_output, output=output)
+    device, _ = prepare("relu", grad_output=grad_output, output=output)
     if tuple(grad_output.shape) != tuple(output.shape):
         raise ValueError(f"relu: grad_output has shape {tuple(grad_output.shape)}, but "
                          f"output has shape {tuple(output.shape)}")
@@ -394,11 +384,11 @@ def linear(input, weight, bias=None):
     w.r.t. the bias ``cyconv.grad.bias(grad_output, channel_axis=-1)``.
     """
     device, lp = planned(_plan_linear, "linear", (input, weight, bias), ())
-    return _backend(device).linear_forward(lp, input, weight, bias)
+    return backend(device).linear_forward(lp, input, weight, bias)
 
 
 def _plan_linear(op, input, weight, bias):
-    device, _ = _prepare(op, input=input, weight=weight, bias=bias)
+    device, _ = prepare(op, input=input, weight=weight, bias=bias)
     return device, linear_params(op, input.shape, weight.shape,
                                  None if bias is None else bias.shape)
 
@@ -432,11 +422,11 @@ def pad(input, pad, mode="constant", value=0.0):
     number of trailing dims.
     """
     device, pp = planned(_plan_pad, "pad", (input,), (pad, mode, value))
-    return _backend(device).pad_forward(pp, input)
+    return backend(device).pad_forward(pp, input)
 
 
 def _plan_pad(op, input, pad, mode, value):
-    device, _ = _prepare(op, input=input)
+    device, _ = prepare(op, input=input)
     return device, pad_params(op, input.shape, pad, mode, value)
 
 
@@ -458,11 +448,11 @@ def grad_pad(grad_output, input_size, pad, mode="constant"):
     padding; none where it was cropped away).
     """
     device, pp = planned(_plan_grad_pad, "grad_pad", (grad_output,), (input_size, pad, mode))
-    return _backend(device).pad_backward(pp, grad_output)
+    return backend(device).pad_backward(pp, grad_output)
 
 
 def _plan_grad_pad(op, grad_output, input_size, pad, mode):
-    device, _ = _prepare("pad", grad_output=grad_output)
+    device, _ = prepare("pad", grad_output=grad_output)
     pp = pad_params("pad", size_tuple("pad", "input_size", input_size), pad, mode, 0.0,
                     what="input_size")
     _check_gy("pad", grad_output, pp.out_shape,

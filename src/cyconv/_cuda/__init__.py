@@ -198,12 +198,10 @@ def require_cupy(what: str = "cyconv"):
     return cp
 
 
-_cupy = require_cupy
-
 
 def module(family: str):
     """The compiled RawModule of ``family`` on the current device (memoized)."""
-    cp = _cupy()
+    cp = require_cupy()
     dev = cp.cuda.runtime.getDevice()
     key = (family, dev)
     mod = _modules.get(key)
@@ -219,7 +217,7 @@ def module(family: str):
 
 def get_function(family: str, kernel: str, dtype, idx_dtype):
     """One kernel instantiation on the current device (memoized)."""
-    cp = _cupy()
+    cp = require_cupy()
     dev = cp.cuda.runtime.getDevice()
     key = (family, kernel, np.dtype(dtype).name, np.dtype(idx_dtype).name, dev)
     fn = _functions.get(key)
