@@ -81,6 +81,8 @@ class BenchShape:
     transposed: bool = False
     output_padding: tuple = ()
     note: str = ""
+    #: only the forward pass is timed (inference: the networks suite's batch-1 layers).
+    inference: bool = False
 
     @property
     def nd(self) -> int:
@@ -98,7 +100,7 @@ class BenchShape:
     @property
     def directions(self) -> tuple:
         first = "transposed" if self.transposed else "forward"
-        return (first, "backward_input", "backward_weight")
+        return (first,) if self.inference else (first, "backward_input", "backward_weight")
 
     @property
     def x_shape(self) -> tuple:
@@ -914,9 +916,14 @@ def build_parser(prog="python -m cyconv bench") -> argparse.ArgumentParser:
         prog=prog, description="Time cyconv's CPU convolutions against PyTorch and NumPy "
         "(interleaved rounds, median of per-round ratios).",
         epilog="See benchmarks/README.md for the method and how to read the table.")
-    ap.add_argument("--suite", choices=sorted(SUITES), default="default",
+    ap.add_argument("--suite", choices=sorted(SUITES) + ["networks"], default="default",
                     help="shape table: 'default', 'full' (adds video conv3d, vocoder "
-                    "conv_transpose1d, a dilation sweep) or 'tiny' (small layers)")
+                    "conv_transpose1d, a dilation sweep), 'tiny' (small layers) or "
+                    "'networks' (every conv layer of published networks, at a training "
+                    "batch and batch 1, with each network's total; see --networks)")
+    ap.add_argument("--networks", metavar="NAMES",
+                    help="with --suite networks: comma-separated network names (default "
+                    "all; see --list)")
     ap.add_argument("--shapes", metavar="NAMES",
                     help="comma-separated shape names (from any suite); see --list")
     ap.add_argument("--directions", default="all", metavar="LIST",
@@ -951,10 +958,16 @@ def build_parser(prog="python -m cyconv bench") -> argparse.ArgumentParser:
 
 
 def _list_shapes(out):
+    from . import _networks
     for suite, shapes in SUITES.items():
         print(f"suite {suite}:", file=out)
         for s in shapes:
             print(f"  {s.name:<18} {s.describe():<44} {s.note}", file=out)
+    print("suite networks (layers at batch 1, each x its count in the network):", file=out)
+    for net in _networks.NETWORKS:
+        print(f"  {net.name} (training batch {net.batch}): {net.note}", file=out)
+        for count, s in net.layers:
+            print(f"    {count:>3} x {s.name:<32} {s.describe()}", file=out)
 
 
 def main(argv=None, prog="python -m cyconv bench") -> int:
@@ -980,6 +993,10 @@ def main(argv=None, prog="python -m cyconv bench") -> int:
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.latency:
         return _latency_main(args, argv, prog, repeats if args.repeats else 21, min_time)
+    if args.suite == "networks":
+        return _networks_main(args, ap, argv, prog, repeats, min_time, warmup, peak_size)
+    if args.networks:
+        ap.error("--networks needs --suite networks")
     try:
         names = [n.strip() for n in args.shapes.split(",") if n.strip()] if args.shapes else None
         shapes = select_shapes(args.suite, names)
@@ -999,6 +1016,34 @@ def main(argv=None, prog="python -m cyconv bench") -> int:
         print(f"report written to {md} and {js}", file=sys.stderr)
     if args.plot:
         print(plot(result, args.plot), file=sys.stderr)
+    return 1 if result["summary"]["mismatches"] else 0
+
+
+def _networks_main(args, ap, argv, prog, repeats, min_time, warmup, peak_size) -> int:
+    from . import _networks
+    if args.shapes:
+        ap.error("--shapes does not apply to --suite networks; use --networks")
+    try:
+        names = [n.strip() for n in (args.networks or "").split(",") if n.strip()]
+        nets = _networks.select(names)
+    except ValueError as exc:
+        ap.error(str(exc))
+    result = _networks.run(nets, algorithms=args.algorithms, threads=args.threads,
+                           dtype=args.dtype, repeats=repeats, min_time=min_time,
+                           warmup=warmup, peak_size=peak_size, use_torch=not args.no_torch,
+                           seed=args.seed)
+    print(table(result))
+    print()
+    print(_networks.network_table(result["networks"]))
+    print()
+    print(_networks.summary_text(result, result["networks"], result["passes"]))
+    sys.stdout.flush()
+    if args.out:
+        md, js = _networks.write_report(result, args.out, " ".join([prog] + argv))
+        print(f"report written to {md} and {js}", file=sys.stderr)
+    if args.plot:
+        print(_networks.plot(result["networks"], args.plot, result["settings"]),
+              file=sys.stderr)
     return 1 if result["summary"]["mismatches"] else 0
 
 
