@@ -40,11 +40,23 @@ def _plan_of(op, x_shape, w_shape, direction="forward", dtype="float32", **kw):
     ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "forward", "im2col"),
     ((8, 256, 14, 14), (128, 256, 1, 1), {}, "forward", "im2col_pointwise"),
     ((8, 256, 14, 14), (128, 256, 1, 1), dict(stride=2), "forward", "im2col"),
-    # depthwise and thin groups: the per-channel direct kernel
+    # depthwise at unit stride with long rows: the per-channel direct kernel
     ((8, 32, 28, 28), (32, 1, 3, 3), dict(padding=1, groups=32), "forward", "direct"),
     ((8, 32, 28, 28), (32, 1, 3, 3), dict(padding=1, groups=32), "input",
      "direct_flipped"),
+    ((8, 32, 28, 28), (32, 1, 3, 3), dict(padding=1, groups=32), "weight", "direct"),
+    # ... strided or with short rows: channel-interleaved blocks, every pass
     ((8, 32, 28, 28), (32, 1, 5, 5), dict(padding=2, stride=2, groups=32), "input",
+     "depthwise"),
+    ((8, 32, 28, 28), (32, 1, 5, 5), dict(padding=2, stride=2, groups=32), "forward",
+     "depthwise"),
+    ((8, 96, 7, 7), (96, 1, 3, 3), dict(padding=1, groups=96), "forward", "depthwise"),
+    ((8, 96, 7, 7), (96, 1, 7, 7), dict(padding=3, groups=96), "input", "depthwise"),
+    ((8, 96, 7, 7), (96, 1, 3, 3), dict(padding=1, groups=96), "weight", "depthwise"),
+    ((2, 16, 9, 9, 9), (16, 1, 3, 3, 3), dict(stride=2, groups=16), "forward",
+     "depthwise"),
+    # thin groups that are not depthwise: the per-channel direct kernel
+    ((8, 32, 14, 14), (32, 4, 3, 3), dict(padding=1, stride=2, groups=8), "forward",
      "direct"),
     # a 1-D 2-tap layer: one GEMM per tap
     ((4, 64, 500), (64, 64, 2), dict(dilation=4), "forward", "im2col_taps"),

@@ -60,7 +60,7 @@ def conv_forward(plan, x, w, b):
     args = (x.reshape(N, -1), w.reshape(w.shape[0], -1), _bias_or_empty(b, x.dtype),
             y.reshape(N, -1), plan.geometry, plan.threads, _runtime.get_workspace_limit())
     kernel = plan.kernel
-    if kernel == "blocked" or kernel == "direct":
+    if kernel == "blocked" or kernel == "direct" or kernel == "depthwise":
         kernels(kernel).conv_forward(*args)
     else:
         kernels("im2col").conv_forward(*args, _IM2COL_PATH[kernel])

@@ -18,8 +18,9 @@ on every call.
 Kernels (CPU)
 -------------
 forward (the conv view's column side from its image side):
-  ``blocked`` (channel-blocked direct, ``blocked.pyx``), ``direct`` (per-channel direct,
-  ``direct.pyx``), ``im2col`` (column matrix + GEMM), ``im2col_pointwise`` (1x1, stride 1,
+  ``blocked`` (channel-blocked direct, ``blocked.pyx``), ``depthwise`` (depthwise layers
+  on channel-interleaved blocks, ``depthwise.pyx``: strided or short rows),
+  ``direct`` (per-channel direct, ``direct.pyx``), ``im2col`` (column matrix + GEMM), ``im2col_pointwise`` (1x1, stride 1,
   unpadded: one GEMM on the input itself), ``im2col_taps`` (1-D, unit stride, 2 taps: one
   GEMM per tap on shifted views of the input; NaN/Inf weights fall back to ``im2col``).
 input gradient (image side from column side; a transposed convolution's forward):
@@ -27,8 +28,9 @@ input gradient (image side from column side; a transposed convolution's forward)
   output gradient with flipped, transposed weights), ``blocked_phases`` (strided: one
   blocked forward convolution per output phase), ``direct``, ``im2col`` (GEMM + col2im).
   Every direct variant falls back to ``im2col`` for NaN/Inf weights: the direct kernels
-  add ``w * 0`` for padded outputs, which is NaN there.
-weight gradient: ``direct``, ``im2col``.
+  add ``w * 0`` for padded outputs, which is NaN there.  ``depthwise`` (a gather per
+  output phase) needs no fallback: it adds exactly im2col's terms.
+weight gradient: ``depthwise``, ``direct``, ``im2col``.
 
 Kernels (GPU): ``im2col`` (cuBLAS GEMMs on chunks of columns within the workspace limit;
 ``direct`` when an allocation fails) and ``direct``.
@@ -167,6 +169,29 @@ def blocked_applies(p: ConvParams, itemsize: int) -> bool:
     lanes = 32 // itemsize
     return (p.img_channels // p.G >= lanes and p.col_channels // p.G >= lanes
             and not staging_too_big(p))
+
+
+def is_depthwise(p: ConvParams) -> bool:
+    """One image channel and one column channel per group."""
+    return p.img_channels == p.G == p.col_channels
+
+
+#: a row this many bytes long or more feeds the per-channel row kernels' vectors well.
+ROW_BYTES = 48
+
+
+def depthwise_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
+    """A depthwise layer runs on channel-interleaved blocks (``depthwise.pyx``) unless
+    the per-channel kernels of ``direct.pyx`` serve it better: they vectorise along a
+    plane's rows, which at unit stride and rows of :data:`ROW_BYTES` or more (12
+    float32) keeps their vectors full and needs no interleaving; they read only every
+    S-th element of a strided row and leave most lanes of a short row idle, where the
+    interleaved kernel keeps one channel per lane for any stride, kernel and plane
+    (``benchmarks/results/depthwise-1thread.md``)."""
+    if not is_depthwise(p) or staging_too_big(p):
+        return False
+    row = p.img_size[-1] if direction == "backward_input" else p.col_size[-1]
+    return not (all(s == 1 for s in p.stride) and row * itemsize >= ROW_BYTES)
 
 
 def input_grad_is_forward(p: ConvParams) -> bool:
@@ -382,6 +407,12 @@ def _cpu_kernel(p, direction, alg, why, itemsize):
                     ("im2col", "NaN/Inf weights must meet the padding's zeros: the column "
                                "matrix keeps them"))
         return "im2col", why, None
+    if depthwise_wins(p, direction, itemsize):
+        ws = _depthwise_workspace(p, direction, itemsize, _runtime.get_num_threads())
+        if ws <= _runtime.get_workspace_limit():
+            return ("depthwise", why + "; depthwise, strided or short rows: channel-"
+                    "interleaved blocks, one channel per vector lane", None)
+        why += "; interleaved depthwise blocks would exceed the workspace limit"
     blocked = blocked_applies(p, itemsize)
     if direction == "forward":
         if blocked:
@@ -410,6 +441,12 @@ def _gpu_kernel(p, direction, alg, why, itemsize):
                             "limit or an allocation fails"), None
 
 
+def _depthwise_workspace(p, direction, itemsize, n_threads) -> int:
+    from ._ext import kernels
+    return int(kernels("depthwise").workspace_bytes(p.geometry(), itemsize, direction,
+                                                    n_threads))
+
+
 def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
     """Scratch bytes the kernel may take (an upper bound; im2col works within the limit)."""
     if device != "cpu":
@@ -424,6 +461,8 @@ def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
         return math.prod(p.kernel_size) * p.col_channels * (p.img_channels // p.G) * itemsize
     if kernel == "im2col":
         return min(limit, max(n_threads, 1) * p.gemm_k * p.pixels * itemsize)
+    if kernel == "depthwise":
+        return _depthwise_workspace(p, direction, itemsize, n_threads)
     if kernel in ("blocked", "blocked_flipped", "blocked_phases"):
         from ._ext import kernels
         geom = input_grad_as_forward(p) if kernel == "blocked_flipped" else p.geometry()

@@ -1,6 +1,6 @@
 """The one loader of cyconv's compiled CPU kernels (Cython + OpenMP), and their helpers.
 
-Every kernel module (``im2col``, ``direct``, ``blocked``, ``pool``) is built twice on
+Every kernel module (``im2col``, ``direct``, ``blocked``, ``depthwise``, ``pool``) is built twice on
 x86-64: ``cyconv._ext.<mod>`` for the portable baseline and ``cyconv._ext.avx2.<mod>``
 with AVX2+FMA (``meson.build``).  :data:`ISA` says which set this process uses, chosen
 once at import from a CPU-feature check: ``CYCONV_ISA=base`` forces the baseline,

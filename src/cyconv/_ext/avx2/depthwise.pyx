@@ -1,0 +1,2 @@
+# cyconv/_ext/depthwise.pyx, built with -mavx2 -mfma (see meson.build).
+include "../depthwise.pyx"
