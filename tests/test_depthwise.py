@@ -1,5 +1,6 @@
-"""The channel-interleaved depthwise kernel (``depthwise.pyx``): every pass, stride,
-kernel size, dilation, padding form and plane edge against the float64 reference.
+"""The interleaved-block kernels of ``depthwise.pyx`` against the float64 reference:
+the depthwise kernel (every pass, stride, kernel size, dilation, padding form and plane
+edge) and ``outer``, for dense layers with few input channels (forward, weight gradient).
 
 The planner sends it only the depthwise layers it wins (strided, or rows shorter than
 ``_plan.ROW_BYTES``); the grid below runs it on every geometry by executing each plan
@@ -199,7 +200,7 @@ def test_workspace_limit(workspace_limit):
     workspace_limit(plan.workspace_bytes - 1)
     small = cyconv.plan("conv2d", shape, w_shape, stride=2, padding=1, groups=64)
     assert small.kernel == "direct"
-    assert "workspace limit" in small.reason
+    assert "depthwise kernel's blocks would exceed the workspace limit" in small.reason
 
 
 def test_rule_follows_rows_and_stride():
@@ -227,3 +228,112 @@ def test_matches_torch():
     y, gx, gw, _ = _run_all(2, C, (14, 14), (5, 5), 2, 2, 1, x, w, b, gy=gy)
     for a, r in ((y, ty.detach()), (gx, tx.grad), (gw, tw.grad)):
         assert_close(a, r.numpy(), np.float64)
+
+
+# -- outer: dense layers with few input channels, lanes across output channels -----------
+
+def _outer_cases():
+    out = []
+    for nd in (1, 2, 3):
+        for in_size, k, s, d, pad, C, K in itertools.product(
+                IN_SIZES[nd], (2, 3, 5), STRIDES[nd], (1, 2), ("zero", "same", "asym"),
+                (1, 3, 7), (1, 6, 8, 13)):
+            if nd == 3 and (K == 13 or d == 2 or C == 7):
+                continue
+            kernel = (k,) * nd
+            padding = {"zero": 0, "same": "same",
+                       "asym": tuple((0, 1) if i % 2 == 0 else (2, 0) for i in range(nd))}[pad]
+            try:
+                cyconv.plan(f"conv{nd}d", (2, C) + in_size, (K, C) + kernel, stride=s,
+                            padding=padding, dilation=d)
+            except ValueError:
+                continue
+            out.append((nd, C, K, in_size, kernel, s, padding, d))
+    return out
+
+
+OUTER = _outer_cases()
+OUTER_GRID = [(c, np.float32) for c in OUTER[::2]] + [(c, np.float64) for c in OUTER[1::5]]
+
+
+def _run_outer(nd, C, K, in_size, kernel, s, padding, d, x, w, b, gy=None):
+    op = f"conv{nd}d"
+    kw = dict(stride=s, padding=padding, dilation=d)
+    dt = x.dtype.name
+
+    def forced(direction):
+        plan = cyconv.plan(op, x.shape, w.shape, dtype=dt, direction=direction, **kw)
+        return dataclasses.replace(plan, kernel="outer", nonfinite=None,
+                                   geometry=plan.params.geometry(), phases=None)
+
+    y = _cpu.conv_forward(forced("forward"), x, w, b)
+    if gy is None:
+        gy = RNG.standard_normal(y.shape).astype(x.dtype)
+    gw = _cpu.conv_backward_weight(forced("weight"), x, gy)
+    return y, gw, gy
+
+
+@pytest.mark.parametrize("case, dtype", OUTER_GRID, ids=lambda v: str(v) if not isinstance(
+    v, type) else v.__name__)
+def test_outer_matches_reference(case, dtype):
+    nd, C, K, in_size, kernel, s, padding, d = case
+    x = RNG.standard_normal((3, C) + in_size).astype(dtype)
+    w = RNG.standard_normal((K, C) + kernel).astype(dtype)
+    b = RNG.standard_normal(K).astype(dtype)
+    y, gw, gy = _run_outer(*case, x, w, b)
+    kw = dict(stride=s, padding=padding, dilation=d)
+    assert_close(y, reference.conv(x, w, b, **kw), dtype, what="forward")
+    assert_close(gw, reference.conv_weight_grad(x, w.shape, gy, **kw), dtype, what="weight")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outer_through_the_public_api(dtype):
+    """LeNet's second layer (6 input channels) and a strided RGB stem, unbatched too."""
+    for xs, ws, kw in (((5, 6, 14, 14), (16, 6, 5, 5), {}),
+                       ((2, 3, 23, 21), (20, 3, 3, 3), dict(stride=2, padding=1))):
+        x = RNG.standard_normal(xs).astype(dtype)
+        w = RNG.standard_normal(ws).astype(dtype)
+        b = RNG.standard_normal(ws[0]).astype(dtype)
+        for direction in ("forward", "weight"):
+            plan = cyconv.plan("conv2d", xs, ws, dtype=np.dtype(dtype).name,
+                               direction=direction, **kw)
+            assert plan.kernel == "outer", str(plan)
+        y = cyconv.conv2d(x, w, b, **kw)
+        assert_close(y, reference.conv(x, w, b, **kw), dtype)
+        gy = RNG.standard_normal(y.shape).astype(dtype)
+        gw = cyconv.grad.conv2d_weight(x, w.shape, gy, **kw)
+        assert_close(gw, reference.conv_weight_grad(x, w.shape, gy, **kw), dtype)
+        assert_close(cyconv.conv2d(x[1], w, b, **kw), reference.conv(x[1:2], w, b, **kw)[0],
+                     dtype, what="unbatched")
+        assert cyconv.conv2d(x[:0], w, b, **kw).shape == (0,) + y.shape[1:]
+
+
+@pytest.mark.parametrize("threads", [2, 3])
+def test_outer_does_not_depend_on_threads(threads, num_threads):
+    x = RNG.standard_normal((5, 3, 19, 17)).astype(np.float32)
+    w = RNG.standard_normal((21, 3, 5, 5)).astype(np.float32)
+    args = (2, 3, 21, (19, 17), (5, 5), 2, 2, 1)
+    num_threads(1)
+    one = _run_outer(*args, x, w, None)
+    num_threads(threads)
+    many = _run_outer(*args, x, w, None, gy=one[2])
+    assert_identical(one[0], many[0], "forward")
+    assert_identical(one[1], many[1], "weight")
+
+
+@pytest.mark.parametrize("where", ["x", "w", "gy"])
+@pytest.mark.parametrize("value", [np.nan, np.inf])
+def test_outer_nonfinite_reach_what_im2col_reaches(where, value):
+    x = RNG.standard_normal((2, 3, 9, 9))
+    w = RNG.standard_normal((10, 3, 3, 3))
+    kw = dict(stride=2, padding=1)
+    gy = RNG.standard_normal((2, 10, 5, 5))
+    {"x": x, "w": w, "gy": gy}[where][1].flat[4] = value
+    got = _run_outer(2, 3, 10, (9, 9), (3, 3), 2, 1, 1, x, w, None, gy=gy)
+    ref = (cyconv.conv2d(x, w, None, **kw, algorithm="im2col"),
+           cyconv.grad.conv2d_weight(x, w.shape, gy, **kw, algorithm="im2col"))
+    for a, r, what in zip(got[:2], ref, ("forward", "weight")):
+        np.testing.assert_array_equal(np.isnan(a), np.isnan(r), err_msg=what)
+        np.testing.assert_array_equal(np.isinf(a), np.isinf(r), err_msg=what)
+        fin = np.isfinite(r)
+        np.testing.assert_allclose(a[fin], r[fin], rtol=1e-12, atol=1e-12, err_msg=what)

@@ -58,6 +58,12 @@ def _plan_of(op, x_shape, w_shape, direction="forward", dtype="float32", **kw):
     # thin groups that are not depthwise: the per-channel direct kernel
     ((8, 32, 14, 14), (32, 4, 3, 3), dict(padding=1, stride=2, groups=8), "forward",
      "direct"),
+    # fewer than 8 input channels, dense: vectors of output channels (not the input grad)
+    ((64, 6, 14, 14), (16, 6, 5, 5), {}, "forward", "outer"),
+    ((64, 6, 14, 14), (16, 6, 5, 5), {}, "weight", "outer"),
+    ((8, 3, 64, 64), (32, 3, 3, 3), dict(stride=2, padding=1), "forward", "outer"),
+    ((2, 1, 9, 9, 9), (8, 1, 3, 3, 3), dict(padding=1), "weight", "outer"),
+    ((8, 3, 64, 64), (32, 3, 1, 1), {}, "forward", "direct"),   # 1x1: GEMM depth 3
     # a 1-D 2-tap layer: one GEMM per tap
     ((4, 64, 500), (64, 64, 2), dict(dilation=4), "forward", "im2col_taps"),
 ])
@@ -178,8 +184,8 @@ def test_nonfinite_weights_take_the_plans_fallback(direction, executed):
 
 
 def test_two_tap_plan_falls_back_for_nonfinite_weights(executed):
-    x = np.ones((2, 4, 30), np.float64)
-    w = np.ones((4, 4, 2), np.float64)
+    x = np.ones((2, 8, 30), np.float64)          # 8 input channels: not 'outer'
+    w = np.ones((4, 8, 2), np.float64)
     cyconv.conv1d(x, w, padding=1)
     w[0, 0, 0] = np.nan
     cyconv.conv1d(x, w, padding=1)

@@ -62,6 +62,8 @@ def conv_forward(plan, x, w, b):
     kernel = plan.kernel
     if kernel == "blocked" or kernel == "direct" or kernel == "depthwise":
         kernels(kernel).conv_forward(*args)
+    elif kernel == "outer":
+        kernels("depthwise").outer_forward(*args)
     else:
         kernels("im2col").conv_forward(*args, _IM2COL_PATH[kernel])
     return y
@@ -110,9 +112,10 @@ def conv_backward_weight(plan, x, gy):
         return gw
     _traced(plan)
     _runtime.pin_blas()
-    kernels(plan.kernel).conv_backward_weight(x.reshape(N, -1), gy.reshape(N, -1),
-                                              gw.reshape(gw.shape[0], -1), plan.geometry,
-                                              plan.threads, _runtime.get_workspace_limit())
+    fn = (kernels("depthwise").outer_backward_weight if plan.kernel == "outer"
+          else kernels(plan.kernel).conv_backward_weight)
+    fn(x.reshape(N, -1), gy.reshape(N, -1), gw.reshape(gw.shape[0], -1), plan.geometry,
+       plan.threads, _runtime.get_workspace_limit())
     return gw
 
 

@@ -19,7 +19,8 @@ Kernels (CPU)
 -------------
 forward (the conv view's column side from its image side):
   ``blocked`` (channel-blocked direct, ``blocked.pyx``), ``depthwise`` (depthwise layers
-  on channel-interleaved blocks, ``depthwise.pyx``: strided or short rows),
+  on channel-interleaved blocks, ``depthwise.pyx``: strided or short rows), ``outer``
+  (dense layers with fewer than 8 input channels: vectors of 8 output channels),
   ``direct`` (per-channel direct, ``direct.pyx``), ``im2col`` (column matrix + GEMM), ``im2col_pointwise`` (1x1, stride 1,
   unpadded: one GEMM on the input itself), ``im2col_taps`` (1-D, unit stride, 2 taps: one
   GEMM per tap on shifted views of the input; NaN/Inf weights fall back to ``im2col``).
@@ -30,7 +31,7 @@ input gradient (image side from column side; a transposed convolution's forward)
   Every direct variant falls back to ``im2col`` for NaN/Inf weights: the direct kernels
   add ``w * 0`` for padded outputs, which is NaN there.  ``depthwise`` (a gather per
   output phase) needs no fallback: it adds exactly im2col's terms.
-weight gradient: ``depthwise``, ``direct``, ``im2col``.
+weight gradient: ``depthwise``, ``outer``, ``direct``, ``im2col``.
 
 Kernels (GPU): ``im2col`` (cuBLAS GEMMs on chunks of columns within the workspace limit;
 ``direct`` when an allocation fails) and ``direct``.
@@ -194,6 +195,16 @@ def depthwise_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     return not (all(s == 1 for s in p.stride) and row * itemsize >= ROW_BYTES)
 
 
+def outer_wins(p: ConvParams, direction: str) -> bool:
+    """Dense layers (groups=1) with fewer than 8 image channels (a network's first
+    layer, LeNet's 6-channel layer), forward and weight gradient, run on vectors of 8
+    output channels (``outer_forward`` / ``outer_backward_weight`` in ``depthwise.pyx``):
+    the blocked kernel needs a full vector of input channels, and im2col's GEMM has a
+    depth of only C_in x taps (``benchmarks/results/outer-2threads.md``)."""
+    return (direction != "backward_input" and p.G == 1 and p.img_channels < 8
+            and math.prod(p.kernel_size) > 1 and not staging_too_big(p))
+
+
 def input_grad_is_forward(p: ConvParams) -> bool:
     """The input gradient is a forward convolution of the output gradient (see
     :func:`input_grad_as_forward`): unit stride, and padding no wider than the dilated
@@ -287,6 +298,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
                           f"would be a sliver")
     if p.gemm_k < 8:
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
+    if device == "cpu" and outer_wins(p, direction):
+        return "direct", (f"{p.img_channels} input channel(s) (< 8): a GEMM depth of "
+                          f"{p.gemm_k} only")
     if device == "cpu" and isa == "avx2":
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
@@ -407,12 +421,17 @@ def _cpu_kernel(p, direction, alg, why, itemsize):
                     ("im2col", "NaN/Inf weights must meet the padding's zeros: the column "
                                "matrix keeps them"))
         return "im2col", why, None
-    if depthwise_wins(p, direction, itemsize):
-        ws = _depthwise_workspace(p, direction, itemsize, _runtime.get_num_threads())
-        if ws <= _runtime.get_workspace_limit():
-            return ("depthwise", why + "; depthwise, strided or short rows: channel-"
-                    "interleaved blocks, one channel per vector lane", None)
-        why += "; interleaved depthwise blocks would exceed the workspace limit"
+    for kernel, applies, what in (
+            ("outer", outer_wins(p, direction), "few input channels: each input value "
+             "times a vector of 8 output channels' weights"),
+            ("depthwise", depthwise_wins(p, direction, itemsize), "depthwise, strided or "
+             "short rows: channel-interleaved blocks, one channel per vector lane")):
+        if not applies:
+            continue
+        if _workspace(p, kernel, direction, itemsize, _runtime.get_num_threads(),
+                      "cpu") <= _runtime.get_workspace_limit():
+            return kernel, f"{why}; {what}", None
+        why += f"; the {kernel} kernel's blocks would exceed the workspace limit"
     blocked = blocked_applies(p, itemsize)
     if direction == "forward":
         if blocked:
@@ -441,12 +460,6 @@ def _gpu_kernel(p, direction, alg, why, itemsize):
                             "limit or an allocation fails"), None
 
 
-def _depthwise_workspace(p, direction, itemsize, n_threads) -> int:
-    from ._ext import kernels
-    return int(kernels("depthwise").workspace_bytes(p.geometry(), itemsize, direction,
-                                                    n_threads))
-
-
 def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
     """Scratch bytes the kernel may take (an upper bound; im2col works within the limit)."""
     if device != "cpu":
@@ -461,8 +474,11 @@ def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
         return math.prod(p.kernel_size) * p.col_channels * (p.img_channels // p.G) * itemsize
     if kernel == "im2col":
         return min(limit, max(n_threads, 1) * p.gemm_k * p.pixels * itemsize)
-    if kernel == "depthwise":
-        return _depthwise_workspace(p, direction, itemsize, n_threads)
+    if kernel in ("depthwise", "outer"):
+        from ._ext import kernels
+        fn = kernels("depthwise").workspace_bytes if kernel == "depthwise" else \
+            kernels("depthwise").outer_workspace_bytes
+        return int(fn(p.geometry(), itemsize, direction, n_threads))
     if kernel in ("blocked", "blocked_flipped", "blocked_phases"):
         from ._ext import kernels
         geom = input_grad_as_forward(p) if kernel == "blocked_flipped" else p.geometry()

@@ -114,6 +114,80 @@ static void dw_dot_##SUF(T *acc, const T *g, const T *in, const Py_ssize_t *io, 
 CY_DEFINE_DEPTHWISE(f, float, cy_v8f, 8)
 CY_DEFINE_DEPTHWISE(d, double, cy_v4d, 4)
 
+/* The same two loops with the lanes across *output* channels (outer.pyx): the input is
+ * a plain zero-padded image, each of its values broadcast against the vector of L
+ * output channels' weights of one (input channel, tap) pair.
+ *
+ * bc_gather: out[j * L] = b + sum_t w[t] * in[io[j] + off[t]] (broadcast)   j in [0, n)
+ * bc_dot:    acc[t] += sum_j g[j * L] * in[io[j] + off[t]] (broadcast)      t in [0, ntap)
+ *
+ * t runs over (input channel, tap) pairs; out and g are pixel-major blocks of L output
+ * channels.  Ragged last blocks as in dw_gather (repeated last output) and dw_dot. */
+#define CY_DEFINE_OUTER(SUF, T, V, L)                                                     \
+static void bc_gather_##SUF(T *out, const T *in, const Py_ssize_t *io,                    \
+                            const Py_ssize_t *off, const T *w, Py_ssize_t ntap,            \
+                            Py_ssize_t n, const T *b)                                      \
+{                                                                                         \
+    Py_ssize_t j = 0, t;                                                                  \
+    V bias = {0};                                                                         \
+    if (b) bias = *(const V *)b;                                                          \
+    for (; j < n; j += DW_R) {                                                            \
+        Py_ssize_t i, k[DW_R];                                                            \
+        for (i = 0; i < DW_R; i++)                                                        \
+            k[i] = j + i < n ? j + i : n - 1;                                             \
+        V a0 = bias, a1 = bias, a2 = bias, a3 = bias;                                     \
+        V a4 = bias, a5 = bias, a6 = bias, a7 = bias;                                     \
+        const T *in0 = in + io[k[0]], *in1 = in + io[k[1]], *in2 = in + io[k[2]],         \
+                *in3 = in + io[k[3]], *in4 = in + io[k[4]], *in5 = in + io[k[5]],         \
+                *in6 = in + io[k[6]], *in7 = in + io[k[7]];                               \
+        for (t = 0; t < ntap; t++) {                                                      \
+            const V wv = *(const V *)(w + t * L);                                         \
+            const Py_ssize_t o = off[t];                                                  \
+            a0 += wv * in0[o]; a1 += wv * in1[o]; a2 += wv * in2[o]; a3 += wv * in3[o];   \
+            a4 += wv * in4[o]; a5 += wv * in5[o]; a6 += wv * in6[o]; a7 += wv * in7[o];   \
+        }                                                                                 \
+        *(V *)(out + k[0] * L) = a0; *(V *)(out + k[1] * L) = a1;                         \
+        *(V *)(out + k[2] * L) = a2; *(V *)(out + k[3] * L) = a3;                         \
+        *(V *)(out + k[4] * L) = a4; *(V *)(out + k[5] * L) = a5;                         \
+        *(V *)(out + k[6] * L) = a6; *(V *)(out + k[7] * L) = a7;                         \
+    }                                                                                     \
+}                                                                                         \
+                                                                                          \
+static void bc_dot_##SUF(T *acc, const T *g, const T *in, const Py_ssize_t *io,           \
+                         const Py_ssize_t *off, Py_ssize_t ntap, Py_ssize_t n)             \
+{                                                                                         \
+    Py_ssize_t j = 0, t;                                                                  \
+    for (; j + DW_R <= n; j += DW_R) {                                                    \
+        const T *gj = g + j * L;                                                          \
+        const V g0 = *(const V *)(gj), g1 = *(const V *)(gj + L);                         \
+        const V g2 = *(const V *)(gj + 2 * L), g3 = *(const V *)(gj + 3 * L);             \
+        const V g4 = *(const V *)(gj + 4 * L), g5 = *(const V *)(gj + 5 * L);             \
+        const V g6 = *(const V *)(gj + 6 * L), g7 = *(const V *)(gj + 7 * L);             \
+        CY_DW_LOAD8(T, in, io + j);                                                       \
+        for (t = 0; t < ntap; t++) {                                                      \
+            const Py_ssize_t o = off[t];                                                  \
+            V s0 = g0 * in0[o];                                                           \
+            V s1 = g1 * in1[o];                                                           \
+            s0 += g2 * in2[o];                                                            \
+            s1 += g3 * in3[o];                                                            \
+            s0 += g4 * in4[o];                                                            \
+            s1 += g5 * in5[o];                                                            \
+            s0 += g6 * in6[o];                                                            \
+            s1 += g7 * in7[o];                                                            \
+            *(V *)(acc + t * L) += s0 + s1;                                               \
+        }                                                                                 \
+    }                                                                                     \
+    for (; j < n; j++) {                                                                  \
+        const V g0 = *(const V *)(g + j * L);                                             \
+        const T *p = in + io[j];                                                          \
+        for (t = 0; t < ntap; t++)                                                        \
+            *(V *)(acc + t * L) += g0 * p[off[t]];                                        \
+    }                                                                                     \
+}
+
+CY_DEFINE_OUTER(f, float, cy_v8f, 8)
+CY_DEFINE_OUTER(d, double, cy_v4d, 4)
+
 /* In-register transposes of an L x L block (rows in r0..): three rounds of two-vector
  * shuffles for float32 (unpack, pair, halves), two for float64. */
 #define CY_T8(r0, r1, r2, r3, r4, r5, r6, r7) do {                                          \

@@ -1,4 +1,6 @@
-"""Depthwise convolution on channel-interleaved blocks: forward, input and weight gradient.
+"""Convolutions on channel-interleaved blocks: depthwise layers (forward, input and weight
+gradient) and dense layers with few input channels (``outer_forward``,
+``outer_backward_weight``, at the end of this file).
 
 For depthwise layers (one input and one output channel per group) of any stride,
 dilation, kernel size (3, 5, 7, ...) and plane size, 1-D, 2-D and 3-D.  Every array is
@@ -408,7 +410,7 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
             gyb = xb + img
             acc = gyb + g.P * L
             tmp = acc + g.KK * L
-            memset(xb, 0, img * sizeof(floating))      # the border, once
+            memset(xb, 0, (img + g.P * L) * sizeof(floating))   # border, idle lanes: once
             for cb in prange(CB, schedule="dynamic"):
                 nch = min(L, C - cb * L)
                 memset(acc, 0, g.KK * L * sizeof(floating))
@@ -421,5 +423,167 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                 for c in range(nch):
                     for t in range(g.KK):
                         gw[cb * L + c, t] = acc[t * L + c]
+    finally:
+        free(scratch)
+
+
+# -- dense layers with few input channels: lanes across output channels -------------------
+
+cdef extern from "_depthwise.h" nogil:
+    void bc_gather_f(float* out, const float* inp, const Py_ssize_t* io,
+                     const Py_ssize_t* off, const float* w, Py_ssize_t ntap, Py_ssize_t n,
+                     const float* b)
+    void bc_gather_d(double* out, const double* inp, const Py_ssize_t* io,
+                     const Py_ssize_t* off, const double* w, Py_ssize_t ntap, Py_ssize_t n,
+                     const double* b)
+    void bc_dot_f(float* acc, const float* g, const float* inp, const Py_ssize_t* io,
+                  const Py_ssize_t* off, Py_ssize_t ntap, Py_ssize_t n)
+    void bc_dot_d(double* acc, const double* g, const double* inp, const Py_ssize_t* io,
+                  const Py_ssize_t* off, Py_ssize_t ntap, Py_ssize_t n)
+
+
+cdef void stage_plain(const floating* src, Py_ssize_t C, floating* dst, const Box* q,
+                      Py_ssize_t D, Py_ssize_t H, Py_ssize_t W) noexcept nogil:
+    """dst[c][d0 + d][h0 + h][w0 + w] = src[c][d][h][w]: the interior of C zero-padded
+    planes (their border is never written)."""
+    cdef Py_ssize_t c, d, h, plane = q.Dp * q.Hp * q.Wp
+    for c in range(C):
+        for d in range(D):
+            for h in range(H):
+                memcpy(dst + c * plane + ((q.d0 + d) * q.Hp + q.h0 + h) * q.Wp + q.w0,
+                       src + ((c * D + d) * H + h) * W, W * sizeof(floating))
+
+
+cdef Py_ssize_t[::1] _pair_offsets(const Geom* g, const Box* q):
+    """Offset of each (input channel, tap) pair in C zero-padded planes, c-major."""
+    cdef Py_ssize_t[::1] taps = _offsets(g, q.Hp, q.Wp, 1)
+    cdef Py_ssize_t plane = q.Dp * q.Hp * q.Wp
+    return np.ascontiguousarray(
+        (np.arange(g.Cg, dtype=np.intp)[:, None] * plane
+         + np.asarray(taps)[None, :g.KK]).reshape(-1))
+
+
+def outer_workspace_bytes(tuple geom, Py_ssize_t itemsize, str direction,
+                          Py_ssize_t n_threads):
+    """Scratch bytes of one outer_forward / outer_backward_weight call (all threads)."""
+    cdef Geom g = make_geom(geom)
+    cdef Py_ssize_t L = 32 // itemsize
+    cdef Box q = input_box(&g)
+    per = g.Cg * q.Dp * q.Hp * q.Wp + g.P * L + g.CKK * L + L
+    return int(max(n_threads, 1) * per * itemsize)
+
+
+def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
+                  const floating[::1] b, floating[:, ::1] y, tuple geom,
+                  Py_ssize_t n_threads, Py_ssize_t ws_bytes):
+    """y[n] = conv(x[n], w) + b for a dense layer (groups=1) with few input channels.
+
+    The lanes of a vector are L output channels: every (input channel, tap) pair is one
+    weight vector, each input value is broadcast against it (``bc_gather``), over a
+    register block of 8 outputs anywhere in the plane.  A work item is one sample and
+    one block of L output channels; it stages the sample's planes zero-padded, computes
+    the block pixel-major and transposes it into the L output planes.  x (N, C * D*H*W),
+    w (K, C * KK), b (K,) or empty, y (N, K * P).
+    """
+    cdef Geom g = make_geom(geom)
+    if g.G != 1:
+        raise ValueError("outer kernel: needs groups=1")
+    cdef Py_ssize_t L = 32 // sizeof(floating)
+    cdef Box q = input_box(&g)
+    cdef Py_ssize_t N = x.shape[0], K = g.C_col, T = g.CKK
+    cdef Py_ssize_t KB = (K + L - 1) // L
+    cdef Py_ssize_t img = g.Cg * q.Dp * q.Hp * q.Wp
+    cdef Py_ssize_t per_thread = img + g.P * L + T * L + L
+    cdef Py_ssize_t[::1] offs = _pair_offsets(&g, &q)
+    cdef Py_ssize_t[::1] win = _windows(g.OD, g.OH, g.OW, g.SD, g.SH, g.SW, q.Hp, q.Wp, 1)
+    cdef bint has_bias = b.shape[0] > 0
+    cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
+    cdef floating* xp = NULL
+    cdef floating* yb
+    cdef floating* wb
+    cdef floating* bb
+    cdef Py_ssize_t it, n, kb, nk, c, t
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            xp = scratch + threadid() * per_thread
+            yb = xp + img
+            wb = yb + g.P * L
+            bb = wb + T * L
+            memset(xp, 0, img * sizeof(floating))      # the border, once
+            for it in prange(N * KB, schedule="static"):
+                n = it // KB
+                kb = it % KB
+                nk = min(L, K - kb * L)
+                stage_plain(&x[n, 0], g.Cg, xp, &q, g.D, g.H, g.W)
+                for t in range(T):
+                    for c in range(L):
+                        wb[t * L + c] = w[kb * L + c, t] if c < nk else 0
+                for c in range(L):
+                    bb[c] = b[kb * L + c] if has_bias and c < nk else 0
+                if floating is float:
+                    bc_gather_f(yb, xp, &win[0], &offs[0], wb, T, g.P, bb)
+                else:
+                    bc_gather_d(yb, xp, &win[0], &offs[0], wb, T, g.P, bb)
+                unstage(yb, g.P, nk, &y[n, 0] + kb * L * g.P)
+    finally:
+        free(scratch)
+
+
+def outer_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
+                          floating[:, ::1] gw, tuple geom, Py_ssize_t n_threads,
+                          Py_ssize_t ws_bytes):
+    """gw[k, c*KK + t] = sum over samples and outputs of gy[n, k, o] * x[n, c, o under t]
+    for a dense layer with few input channels.
+
+    A work item is one block of L output channels and a run of (input channel, tap)
+    pairs (runs only when there are fewer blocks than threads), swept over the samples
+    in order: the output-gradient block staged pixel-major, ``bc_dot`` accumulating one
+    L-lane sum per pair.  Every weight is summed by one thread in a fixed order.
+    x (N, C * D*H*W), gy (N, K * P), gw (K, C * KK) overwritten.
+    """
+    cdef Geom g = make_geom(geom)
+    if g.G != 1:
+        raise ValueError("outer kernel: needs groups=1")
+    cdef Py_ssize_t L = 32 // sizeof(floating)
+    cdef Box q = input_box(&g)
+    cdef Py_ssize_t N = x.shape[0], K = g.C_col, T = g.CKK
+    cdef Py_ssize_t KB = (K + L - 1) // L
+    cdef Py_ssize_t runs = min(max(1, (n_threads + KB - 1) // KB), max(1, T // 8))
+    cdef Py_ssize_t run = (T + runs - 1) // runs
+    runs = (T + run - 1) // run
+    cdef Py_ssize_t img = g.Cg * q.Dp * q.Hp * q.Wp
+    cdef Py_ssize_t per_thread = img + g.P * L + T * L + L
+    cdef Py_ssize_t[::1] offs = _pair_offsets(&g, &q)
+    cdef Py_ssize_t[::1] win = _windows(g.OD, g.OH, g.OW, g.SD, g.SH, g.SW, q.Hp, q.Wp, 1)
+    cdef Box qy
+    qy.Dp, qy.Hp, qy.Wp, qy.d0, qy.h0, qy.w0 = g.OD, g.OH, g.OW, 0, 0, 0
+    cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
+    cdef floating* xp = NULL
+    cdef floating* gyb
+    cdef floating* acc
+    cdef Py_ssize_t it, n, kb, nk, c, t, t0, t1
+    try:
+        with nogil, parallel(num_threads=n_threads):
+            xp = scratch + threadid() * per_thread
+            gyb = xp + img
+            acc = gyb + g.P * L
+            memset(xp, 0, (img + g.P * L) * sizeof(floating))   # border, idle lanes: once
+            for it in prange(KB * runs, schedule="dynamic"):
+                kb = it // runs
+                t0 = (it % runs) * run
+                t1 = min(t0 + run, T)
+                nk = min(L, K - kb * L)
+                memset(acc, 0, T * L * sizeof(floating))
+                for n in range(N):
+                    stage_plain(&x[n, 0], g.Cg, xp, &q, g.D, g.H, g.W)
+                    stage(&gy[n, 0] + kb * L * g.P, g.P, nk, gyb, &qy, g.OD, g.OH, g.OW,
+                          NULL)
+                    if floating is float:
+                        bc_dot_f(acc + t0 * L, gyb, xp, &win[0], &offs[t0], t1 - t0, g.P)
+                    else:
+                        bc_dot_d(acc + t0 * L, gyb, xp, &win[0], &offs[t0], t1 - t0, g.P)
+                for c in range(nk):
+                    for t in range(t0, t1):
+                        gw[kb * L + c, t] = acc[t * L + c]
     finally:
         free(scratch)

@@ -293,10 +293,17 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
         T = _max(T, (g.P + tile - 1) // tile)
     tile = (g.P + T - 1) // T
     T = (g.P + tile - 1) // tile
-    cdef Py_ssize_t items = N * g.G * T
+    # Still fewer items than threads (batch 1, few pixels: a 7x7 plane): split the output
+    # channels too, in blocks of at least 16 rows.  Each output is still one GEMM's.
+    cdef Py_ssize_t MB = 1, rows = g.Kg
+    if N * g.G * T < n_threads and not taps:
+        MB = _min((n_threads + N * g.G * T - 1) // (N * g.G * T), _max(1, g.Kg // 16))
+        rows = (g.Kg + MB - 1) // MB
+        MB = (g.Kg + rows - 1) // rows
+    cdef Py_ssize_t items = N * g.G * T * MB
     cdef Py_ssize_t per_thread = 0 if pointwise or taps else g.CKK * tile
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, t, p0, p1, k, p
+    cdef Py_ssize_t it, n, gi, t, p0, p1, k, p, m0, m1, rest
     cdef floating* col
     cdef floating* yg
     cdef floating* yk
@@ -312,26 +319,29 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
         with nogil, parallel(num_threads=n_threads):
             col = scratch + threadid() * per_thread
             for it in prange(items, schedule="static"):
-                n = it // (g.G * T)
-                gi = (it // T) % g.G
-                t = it % T
+                rest = it // MB
+                m0 = (it % MB) * rows
+                m1 = _min(m0 + rows, g.Kg)
+                n = rest // (g.G * T)
+                gi = (rest // T) % g.G
+                t = rest % T
                 p0 = t * tile
                 p1 = _min(p0 + tile, g.P)
                 xg = &x[n, 0] + gi * g.Cg * g.img_plane
                 yg = &y[n, 0] + gi * g.Kg * g.P
                 if pointwise:
-                    gemm_rm(False, False, <int> g.Kg, <int> (p1 - p0), <int> g.Cg, 1,
-                            &w[gi * g.Kg, 0], <int> g.CKK, xg + p0, <int> g.P, 0,
-                            yg + p0, <int> g.P)
+                    gemm_rm(False, False, <int> (m1 - m0), <int> (p1 - p0), <int> g.Cg, 1,
+                            &w[gi * g.Kg + m0, 0], <int> g.CKK, xg + p0, <int> g.P, 0,
+                            yg + m0 * g.P + p0, <int> g.P)
                 elif taps:
                     _tap_gemms(xg, wt + gi * g.Kg * g.Cg, wts, yg, &g, p0, p1)
                 else:
                     im2col_nd(xg, col, &g, 0, g.CKK, p0, p1)
-                    gemm_rm(False, False, <int> g.Kg, <int> (p1 - p0), <int> g.CKK, 1,
-                            &w[gi * g.Kg, 0], <int> g.CKK, col, <int> (p1 - p0), 0,
-                            yg + p0, <int> g.P)
+                    gemm_rm(False, False, <int> (m1 - m0), <int> (p1 - p0), <int> g.CKK, 1,
+                            &w[gi * g.Kg + m0, 0], <int> g.CKK, col, <int> (p1 - p0), 0,
+                            yg + m0 * g.P + p0, <int> g.P)
                 if has_bias:
-                    for k in range(g.Kg):
+                    for k in range(m0, m1):
                         bv = b[gi * g.Kg + k]
                         yk = yg + k * g.P
                         for p in range(p0, p1):
