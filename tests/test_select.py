@@ -69,6 +69,8 @@ def test_long_channel_reductions_stay_on_im2col(x_shape, w_shape, expected, dire
     ((16, 128, 16, 16), (256, 128, 4, 4), 2, "direct"),     # DCGAN's input gradient
     ((8, 512, 14, 14), (512, 512, 3, 3), 2, "im2col"),      # k = 4608
     ((8, 256, 28, 28), (256, 256, 1, 1), 2, "im2col"),      # 1 tap
+    ((8, 96, 56, 56), (192, 96, 2, 2), 2, "im2col"),        # windows do not overlap
+    ((8, 64, 56, 56), (64, 64, 4, 4), 4, "im2col"),
 ])
 def test_strided_forward(x_shape, w_shape, stride, expected):
     p = _p(x_shape, w_shape, stride=stride, padding=1 if w_shape[-1] > 1 else 0)

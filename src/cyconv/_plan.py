@@ -315,27 +315,34 @@ def _direct_wgrad_wins(p: ConvParams) -> bool:
     """Dense weight gradients where the direct kernel's per-tap dot products beat
     im2col + GEMM: the GEMM's row count is the output channels per group, and at 16 or
     fewer (32 for kernels of 27 or more taps, e.g. 3x3x3) it is too thin to pay for the
-    column matrix (AVX2 machines, ``benchmarks/results/cpu-2threads.md``)."""
+    column matrix (AVX2 machines, ``benchmarks/results/cpu-2threads.md``).  Not for 1x1
+    kernels: their column matrix is the input itself, read in place by the GEMMs, where
+    one dot product per weight re-reads the input for every output channel
+    (``benchmarks/results/kernels-2threads.md``)."""
     kg = p.col_channels // p.G
     taps = math.prod(p.kernel_size)
-    return kg <= 16 or (kg <= 32 and taps >= 27)
+    return taps > 1 and (kg <= 16 or (kg <= 32 and taps >= 27))
 
 
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     """Dense layers where the channel-blocked direct kernel beats im2col + GEMM (AVX2).
 
-    It wins unit-stride layers with at least 3 taps (ResNet 3x3, dilated, 1-D k9, 3-D),
-    forward and input gradient, and strided forward layers (ResNet downsampling, a
-    transposed convolution's input gradient).  im2col + GEMM stays ahead where a GEMM
-    has the most to reuse and the blocked kernel the least: 1x1 and 2-tap kernels, and
-    channel reductions of GEMM depth k (channels x taps) 4096 or more, where a pair of
-    output blocks' weights (k x 64 bytes) outgrows the 512 KiB L2.  A strided input
+    It wins unit-stride layers with at least 3 taps (ResNet 3x3, dilated, 1-D k9, 3-D,
+    CIFAR's 8x8 planes at a training batch), forward and input gradient, and strided
+    forward layers whose windows overlap (ResNet downsampling 3x3, DCGAN's 4x4 stride
+    2).  im2col + GEMM stays ahead where a GEMM has the most to reuse and the blocked
+    kernel the least: 1x1 and 2-tap kernels; channel reductions of GEMM depth k
+    (channels x taps) 4096 or more, where a pair of output blocks' weights (k x 64
+    bytes) outgrows the 512 KiB L2; and windows that do not overlap (ConvNeXt's 2x2
+    stride-2 downsampling, patchify stems), whose column matrix is only a permutation
+    of the input (``benchmarks/results/kernels-2threads.md``).  A strided input
     gradient (one conv per output phase) measured slower than im2col.
     """
     if direction == "backward_weight" or math.prod(p.kernel_size) < 3:
         return False
     if direction == "forward":
-        ok, k = blocked_applies(p, itemsize), p.gemm_k
+        overlap = any(k > s for k, s in zip(p.kernel_size, p.stride))
+        ok, k = blocked_applies(p, itemsize) and overlap, p.gemm_k
     else:
         ok = blocked_applies(p, itemsize) and input_grad_is_forward(p)
         k = p.col_channels // p.G * math.prod(p.kernel_size)

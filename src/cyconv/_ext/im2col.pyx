@@ -457,9 +457,11 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                          Py_ssize_t ws_bytes):
     """gw = sum_n gy[n] @ col(x[n])^T per group, im2col + GEMM.
 
-    x (N, C_img * D*H*W), gy (N, C_col * P), gw (C_col, CKK) overwritten.
+    x (N, C_img * D*H*W), gy (N, C_col * P), gw (C_col, CKK) overwritten.  A 1x1,
+    stride-1, unpadded layer's column matrix is x itself: the GEMMs read it in place.
     """
     cdef Geom g = make_geom(geom)
+    cdef bint pointwise = _is_pointwise(&g)
     cdef Py_ssize_t N = x.shape[0]
     cdef Py_ssize_t tile = _min(g.P, WGRAD_TILE)
     cdef Py_ssize_t T = (g.P + tile - 1) // tile
@@ -477,19 +479,21 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     # Per thread: its column chunk, then its partial weight gradient (padded to 64 bytes
     # so no two threads share a cache line).
     cdef Py_ssize_t part = (wsize + 15) // 16 * 16
-    cdef Py_ssize_t per_thread = rows * tile + part
+    cdef Py_ssize_t cols = 0 if pointwise else rows * tile
+    cdef Py_ssize_t per_thread = cols + part
     cdef floating* scratch = _scratch(nt, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, t, p0, p1, r0, r1, i, j
+    cdef Py_ssize_t it, n, gi, t, p0, p1, r0, r1, i, j, ld
     cdef floating* col
+    cdef const floating* src
     cdef floating* acc
     cdef floating s
     cdef floating* out = &gw[0, 0]
     for j in range(nt):
-        memset(scratch + j * per_thread + rows * tile, 0, wsize * sizeof(floating))
+        memset(scratch + j * per_thread + cols, 0, wsize * sizeof(floating))
     try:
         with nogil, parallel(num_threads=nt):
             col = scratch + threadid() * per_thread
-            acc = col + rows * tile
+            acc = col + cols
             for it in prange(items, schedule="static"):
                 n = it // (g.G * T * R)
                 gi = (it // (T * R)) % g.G
@@ -498,16 +502,22 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                 p1 = _min(p0 + tile, g.P)
                 r0 = (it % R) * rows
                 r1 = _min(r0 + rows, g.CKK)
-                im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1)
+                if pointwise:
+                    src = &x[n, 0] + (gi * g.Cg + r0) * g.img_plane + p0
+                    ld = g.P
+                else:
+                    im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1)
+                    src = col
+                    ld = p1 - p0
                 # acc[g][:, r0:r1] += gy[n, g][:, p0:p1] @ col^T
                 gemm_rm(False, True, <int> g.Kg, <int> (r1 - r0), <int> (p1 - p0), 1,
-                        &gy[n, 0] + gi * g.Kg * g.P + p0, <int> g.P, col,
-                        <int> (p1 - p0), 1, acc + gi * g.Kg * g.CKK + r0, <int> g.CKK)
+                        &gy[n, 0] + gi * g.Kg * g.P + p0, <int> g.P, src,
+                        <int> ld, 1, acc + gi * g.Kg * g.CKK + r0, <int> g.CKK)
         # Reduce the partials in thread order, in parallel over weight elements.
         for i in prange(wsize, nogil=True, num_threads=nt, schedule="static"):
-            s = scratch[rows * tile + i]
+            s = scratch[cols + i]
             for j in range(1, nt):
-                s = s + scratch[j * per_thread + rows * tile + i]
+                s = s + scratch[j * per_thread + cols + i]
             out[i] = s
     finally:
         free(scratch)
