@@ -4,7 +4,8 @@
 ``python -m cyconv bench`` times what the planner picks; this script times what it
 could pick.  Each candidate is an algorithm (``auto``, ``im2col``, ``direct``: the
 plan of that request) or a kernel name (``depthwise``, ``outer``, ``blocked``,
-``direct_flipped``, ...: the plan with its kernel replaced), run through the CPU
+``direct_flipped``, ``kernel:direct`` for the per-channel kernel itself, ...: the plan
+with its kernel replaced), run through the CPU
 backend, checked against PyTorch, then timed interleaved with it (median of per-round
 ratios, as the main benchmark).  Layers are named as in ``python -m cyconv bench
 --list`` (any suite, the networks suite's ``<network>.<layer>@b<batch>`` included)::
@@ -48,6 +49,7 @@ def _call(s, direction, candidate, x, w, gy):
     plan = cyconv.plan(op, x.shape, w.shape, dtype=x.dtype.name, direction=public,
                        algorithm=alg, **kw)
     if candidate not in ("auto", "im2col", "direct"):
+        candidate = candidate.removeprefix("kernel:")
         p = plan.params
         geom = (_plan.input_grad_as_forward(p) if candidate.endswith("_flipped")
                 else p.geometry())

@@ -299,3 +299,77 @@ def test_plot_writes_a_png_or_says_why_not(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "matplotlib", None)
     assert "matplotlib is not installed" in _bench.plot(result, tmp_path / "no.png")
     assert not (tmp_path / "no.png").exists()
+
+
+# -- the networks suite ---------------------------------------------------------------------
+
+def test_networks_are_valid_layers_with_counts():
+    from cyconv import _networks
+    assert len(_networks.NETWORKS) >= 16
+    for net in _networks.NETWORKS:
+        names = [s.name for _, s in net.layers]
+        assert len(names) == len(set(names)), net.name
+        assert net.batch >= 1
+        for count, s in net.layers:
+            assert count >= 1 and s.batch == 1 and s.name.startswith(net.name + ".")
+            s.params()                                  # a valid layer
+    by = {n.name: n for n in _networks.NETWORKS}
+    # the counts follow the reference networks: ResNet-50 has 53 convolutions (with its
+    # 4 projection shortcuts), MobileNetV2 52, VGG-16 13, ResNet-20 (1x1 shortcuts) 21
+    assert sum(c for c, _ in by["resnet50"].layers) == 53
+    assert sum(c for c, _ in by["mobilenetv2"].layers) == 52
+    assert sum(c for c, _ in by["vgg16"].layers) == 13
+    assert sum(c for c, _ in by["resnet20_cifar"].layers) == 21
+    # identical layers of one network are merged, their counts summed
+    for net in _networks.NETWORKS:
+        keys = [_networks._key(s) for _, s in net.layers]
+        assert len(keys) == len(set(keys)), net.name
+
+
+def test_networks_suite_times_shared_layers_once_and_sums_totals():
+    from cyconv import _networks
+    nets = _networks.select(["resnet50", "resnext50"])
+    shapes, uses = _networks.suite(nets)
+    assert len({_networks._key(s) for s in shapes}) == len(shapes)
+    stem = [name for _, name, mode in uses["resnext50"] if "stem" in name]
+    assert stem == ["resnet50.stem7x7_s2@b8", "resnet50.stem7x7_s2@b1"]   # shared
+    assert all(s.inference == s.name.endswith("@b1") for s in shapes)
+    # totals: count x time, summed per mode, and the ratio of the sums
+    rows = []
+    for s in shapes:
+        for d in s.directions:
+            rows.append({"shape": s.name, "direction": d, "ms": {"cyconv": 1.0, "torch": 2.0},
+                         "ratio_vs_torch": {"cyconv": 0.5}, "kernel": "k"})
+    rows[0]["ratio_vs_torch"]["cyconv"] = 1.5
+    tot = {e["network"]: e for e in _networks.totals({"rows": rows}, nets, uses)}
+    r50 = tot["resnet50"]
+    convs = sum(c for c, _ in nets[0].layers)
+    assert r50["train"]["cyconv_ms"] == pytest.approx(3 * convs)
+    assert r50["infer"]["torch_ms"] == pytest.approx(2 * convs)
+    assert r50["train"]["ratio"] == pytest.approx(0.5)
+    assert r50["worst_ratio"] == 1.5 and r50["worst_case"].startswith(shapes[0].name)
+    passes = _networks.pass_summary({"rows": rows})
+    assert passes["over_limit"] == [(1.5, f"{shapes[0].name} forward", "k")]
+    assert passes["cases"]["forward"] == len(shapes)
+
+
+def test_networks_suite_runs_from_the_command_line(tmp_path, capsys):
+    pytest.importorskip("torch")
+    out = tmp_path / "nets.md"
+    argv = ["bench", *FAST, "--suite", "networks", "--networks", "lenet5", "--threads", "1",
+            "--out", str(out)]
+    assert cli.main(argv, prog="cyconv") == 0
+    captured = capsys.readouterr()
+    assert "| lenet5 " in captured.out and "train ratio" in captured.out
+    assert "[12/12] lenet5.c5@b1" in captured.err
+    md = out.read_text()
+    assert md.index("## Networks") < md.index("## Results")
+    result = json.loads(out.with_suffix(".json").read_text())
+    (net,) = result["networks"]
+    assert net["network"] == "lenet5" and net["train"]["ratio"] > 0
+    for argv, message in ((["bench", "--suite", "networks", "--networks", "alexnet"],
+                           "unknown network(s) alexnet"),
+                          (["bench", "--networks", "lenet5"], "--networks needs --suite")):
+        with pytest.raises(SystemExit):
+            cli.main(argv)
+        assert message in capsys.readouterr().err

@@ -62,12 +62,18 @@ def _net(name, batch, note, *layers):
 T = {"transposed": True}
 
 
+def _key(s: BenchShape):
+    """What a measurement depends on: everything but the name and the note."""
+    return (s.x_shape, s.w_shape, s.stride, s.padding, s.dilation, s.groups, s.transposed,
+            s.output_padding, s.inference)
+
+
 def _merge(entries):
     """(count, name, *args) entries with identical shape arguments merged, counts summed
     (the first name is kept)."""
     found = {}
     for count, name, *args in entries:
-        key = tuple(args)
+        key = _key(shape("", 1, *args))
         if key in found:
             found[key][0] += count
         else:
@@ -110,7 +116,8 @@ def _inverted_residuals(stem_channels, settings, size):
             hidden, out = c_in * t, size // stride
             if t != 1:
                 layers.append((1, f"b{stage}_expand{c_in}", c_in, (size, size), hidden, 1))
-            layers.append((1, f"b{stage}_dw{k}x{k}" + (f"_s{stride}" if stride > 1 else ""),
+            layers.append((1, f"b{stage}_dw{k}x{k}_{hidden}" + (f"_s{stride}" if stride > 1
+                                                                  else ""),
                            hidden, (size, size), hidden, k, stride, k // 2, 1, hidden))
             layers.append((1, f"b{stage}_project{hidden}", hidden, (out, out), c, 1))
             c_in, size = c, out
@@ -277,12 +284,6 @@ def select(names=None) -> list:
         raise ValueError(f"bench: unknown network(s) {', '.join(unknown)}; known: "
                          f"{', '.join(table)}")
     return [table[n] for n in dict.fromkeys(names)]
-
-
-def _key(s: BenchShape):
-    """What a measurement depends on: everything but the name and the note."""
-    return (s.x_shape, s.w_shape, s.stride, s.padding, s.dilation, s.groups, s.transposed,
-            s.output_padding, s.inference)
 
 
 def suite(networks) -> tuple:

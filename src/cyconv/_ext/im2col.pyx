@@ -357,8 +357,11 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
     """gx[n] = conv_input(gy[n], w) (+ b): the input gradient / transposed convolution.
 
     gy (N, C_col * P), w (C_col, CKK), b (C_img,) or empty, gx (N, C_img * D*H*W).
+    A 1x1, stride-1, unpadded layer's GEMMs add straight into gx (its column matrix),
+    one sample at a time.
     """
     cdef Geom g = make_geom(geom)
+    cdef bint pointwise = _is_pointwise(&g)
     cdef Py_ssize_t N = gy.shape[0]
     cdef bint has_bias = b.shape[0] > 0
     # Channel blocks per (n, g): enough to feed the threads; rows per GEMM chunk: within
@@ -437,6 +440,11 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
                     p0 = tp * pt
                     p1 = _min(p0 + pt, g.P)
                     r0 = c0 * g.KK
+                    if pointwise and ns == 1:    # gx is the column matrix: add into it
+                        gemm_rm(True, False, <int> (c1 - c0), <int> (p1 - p0), <int> g.Kg,
+                                1, &w[gi * g.Kg, 0] + c0, <int> g.CKK, gyg + p0, <int> ld,
+                                1, &gx[n0, 0] + (gi * g.Cg + c0) * g.P + p0, <int> g.P)
+                        continue
                     while r0 < c1 * g.KK:
                         r1 = _min(r0 + rows, c1 * g.KK)
                         # col[r0:r1, :] = W[g][:, r0:r1]^T @ gy[g][:, pixels of the batch]
