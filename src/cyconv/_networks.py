@@ -316,8 +316,8 @@ def totals(result, networks, uses) -> list:
                                                                                "infer")}
         worst = (0.0, "")
         for count, name, mode in uses[net.name]:
-            for (shape, direction), r in rows.items():
-                if shape != name:
+            for (layer, direction), r in rows.items():
+                if layer != name:
                     continue
                 for who in ("cyconv", "torch"):
                     t = r["ms"].get(who)
@@ -327,7 +327,7 @@ def totals(result, networks, uses) -> list:
                         sums[mode][who] += count * t
                 ratio = r["ratio_vs_torch"].get("cyconv")
                 if ratio is not None and ratio > worst[0]:
-                    worst = (ratio, f"{shape} {direction}")
+                    worst = (ratio, f"{layer} {direction}")
         entry = {"network": net.name, "batch": net.batch, "note": net.note,
                  "layers": len(net.layers), "convs": sum(c for c, _ in net.layers),
                  "worst_ratio": worst[0] or None, "worst_case": worst[1]}
@@ -419,7 +419,7 @@ def plot(nets, path, settings) -> str:
         return "plot skipped: no ratios to plot (PyTorch missing?)"
     xs = np.arange(len(nets))
     fig, ax = plt.subplots(figsize=(max(6.0, 0.7 * len(nets) + 2), 4.5))
-    for off, mode, label in ((-0.2, "train", f"training passes"),
+    for off, mode, label in ((-0.2, "train", "training passes"),
                              (0.2, "infer", "batch-1 forward")):
         vals = [e[mode]["ratio"] or np.nan for e in nets]
         ax.bar(xs + off, vals, 0.4, label=label)
