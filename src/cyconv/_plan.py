@@ -22,8 +22,9 @@ forward (the conv view's column side from its image side):
   on channel-interleaved blocks, ``depthwise.pyx``: strided or short rows), ``outer``
   (dense layers with fewer than 8 input channels: vectors of 8 output channels),
   ``direct`` (per-channel direct, ``direct.pyx``), ``im2col`` (column matrix + GEMM),
-  ``im2col_pointwise`` (1x1, stride 1, unpadded: one GEMM on the input itself), ``im2col_taps`` (1-D, unit stride, 2 taps: one
-  GEMM per tap on shifted views of the input; NaN/Inf weights fall back to ``im2col``).
+  ``im2col_pointwise`` (1x1, stride 1, unpadded: one GEMM on the input itself),
+  ``im2col_taps`` (1-D, unit stride, 2 taps: one GEMM per tap on shifted views of the
+  input; NaN/Inf weights fall back to ``im2col``).
 input gradient (image side from column side; a transposed convolution's forward):
   ``blocked_flipped`` / ``direct_flipped`` (unit stride: a forward convolution of the
   output gradient with flipped, transposed weights), ``blocked_phases`` (strided: one
