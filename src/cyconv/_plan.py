@@ -196,14 +196,32 @@ def depthwise_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     return not (all(s == 1 for s in p.stride) and row * itemsize >= ROW_BYTES)
 
 
+#: weight gradients of dense layers with at most this many input channels and output
+#: planes of at most OUTER_WGRAD_PIXELS pixels run on the ``outer`` kernel.
+OUTER_WGRAD_CHANNELS = 64
+OUTER_WGRAD_PIXELS = 1024
+
+
 def outer_wins(p: ConvParams, direction: str) -> bool:
-    """Dense layers (groups=1) with fewer than 8 image channels (a network's first
-    layer, LeNet's 6-channel layer), forward and weight gradient, run on vectors of 8
-    output channels (``outer_forward`` / ``outer_backward_weight`` in ``depthwise.pyx``):
-    the blocked kernel needs a full vector of input channels, and im2col's GEMM has a
-    depth of only C_in x taps (``benchmarks/results/outer-2threads.md``)."""
-    return (direction != "backward_input" and p.G == 1 and p.img_channels < 8
-            and math.prod(p.kernel_size) > 1 and not staging_too_big(p))
+    """Dense layers (groups=1, 2+ taps) run on vectors of 8 output channels
+    (``outer_forward`` / ``outer_backward_weight`` in ``depthwise.pyx``):
+
+    * forward and weight gradient with fewer than 8 image channels (a network's first
+      layer, LeNet's 6-channel layer): the blocked kernel needs a full vector of input
+      channels, and im2col's GEMM has a depth of only C_in x taps;
+    * weight gradients with up to :data:`OUTER_WGRAD_CHANNELS` image channels on planes
+      of up to :data:`OUTER_WGRAD_PIXELS` output pixels (CIFAR-size layers at a training
+      batch): im2col's per-sample GEMMs are then only a plane deep, and the per-weight
+      dot products re-read the input for every output channel.
+
+    Measured in ``benchmarks/results/kernels-2threads.md``."""
+    if (direction == "backward_input" or p.G != 1 or math.prod(p.kernel_size) < 2
+            or staging_too_big(p)):
+        return False
+    if p.img_channels < 8:
+        return True
+    return (direction == "backward_weight" and p.img_channels <= OUTER_WGRAD_CHANNELS
+            and p.pixels <= OUTER_WGRAD_PIXELS)
 
 
 def input_grad_is_forward(p: ConvParams) -> bool:
@@ -300,8 +318,11 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
     if p.gemm_k < 8:
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
     if device == "cpu" and outer_wins(p, direction):
-        return "direct", (f"{p.img_channels} input channel(s) (< 8): a GEMM depth of "
-                          f"{p.gemm_k} only")
+        if p.img_channels < 8:
+            return "direct", (f"{p.img_channels} input channel(s) (< 8): a GEMM depth of "
+                              f"{p.gemm_k} only")
+        return "direct", (f"weight gradient of {p.img_channels} channels on {p.pixels}-pixel "
+                          f"planes: per-sample GEMMs only a plane deep")
     if device == "cpu" and isa == "avx2":
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
@@ -430,8 +451,8 @@ def _cpu_kernel(p, direction, alg, why, itemsize):
                                "matrix keeps them"))
         return "im2col", why, None
     for kernel, applies, what in (
-            ("outer", outer_wins(p, direction), "few input channels: each input value "
-             "times a vector of 8 output channels' weights"),
+            ("outer", outer_wins(p, direction), "each input value times a vector of 8 "
+             "output channels' weights"),
             ("depthwise", depthwise_wins(p, direction, itemsize), "depthwise, strided or "
              "short rows: channel-interleaved blocks, one channel per vector lane")):
         if not applies:
