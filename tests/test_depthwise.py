@@ -337,3 +337,17 @@ def test_outer_nonfinite_reach_what_im2col_reaches(where, value):
         np.testing.assert_array_equal(np.isinf(a), np.isinf(r), err_msg=what)
         fin = np.isfinite(r)
         np.testing.assert_allclose(a[fin], r[fin], rtol=1e-12, atol=1e-12, err_msg=what)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_outer_weight_gradient_of_cifar_size_layers(dtype):
+    """Up to 64 input channels on small planes: the weight gradient runs 'outer'."""
+    x = RNG.standard_normal((6, 24, 12, 11)).astype(dtype)
+    w_shape = (20, 24, 3, 3)
+    kw = dict(padding=1, stride=(1, 2))
+    plan = cyconv.plan("conv2d", x.shape, w_shape, dtype=np.dtype(dtype).name,
+                       direction="weight", **kw)
+    assert plan.kernel == "outer", str(plan)
+    gy = RNG.standard_normal((6, 20, 12, 6)).astype(dtype)
+    gw = cyconv.grad.conv2d_weight(x, w_shape, gy, **kw)
+    assert_close(gw, reference.conv_weight_grad(x, w_shape, gy, **kw), dtype)
