@@ -351,3 +351,22 @@ def test_outer_weight_gradient_of_cifar_size_layers(dtype):
     gy = RNG.standard_normal((6, 20, 12, 6)).astype(dtype)
     gw = cyconv.grad.conv2d_weight(x, w_shape, gy, **kw)
     assert_close(gw, reference.conv_weight_grad(x, w_shape, gy, **kw), dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("groups, cg, kg, stride", [(4, 8, 8, 1), (3, 16, 12, 2), (2, 9, 20, 1)])
+def test_outer_grouped(groups, cg, kg, stride, dtype):
+    """ResNeXt-style groups of 8 or more channels: forward and weight gradient."""
+    x = RNG.standard_normal((3, groups * cg, 10, 9)).astype(dtype)
+    w = RNG.standard_normal((groups * kg, cg, 3, 3)).astype(dtype)
+    b = RNG.standard_normal(groups * kg).astype(dtype)
+    kw = dict(padding=1, stride=stride, groups=groups)
+    for direction in ("forward", "weight"):
+        plan = cyconv.plan("conv2d", x.shape, w.shape, dtype=np.dtype(dtype).name,
+                           direction=direction, **kw)
+        assert plan.kernel == "outer", str(plan)
+    y = cyconv.conv2d(x, w, b, **kw)
+    assert_close(y, reference.conv(x, w, b, **kw), dtype, what="forward")
+    gy = RNG.standard_normal(y.shape).astype(dtype)
+    gw = cyconv.grad.conv2d_weight(x, w.shape, gy, **kw)
+    assert_close(gw, reference.conv_weight_grad(x, w.shape, gy, **kw), dtype, what="weight")

@@ -67,6 +67,13 @@ def _plan_of(op, x_shape, w_shape, direction="forward", dtype="float32", **kw):
     ((8, 3, 64, 64), (32, 3, 3, 3), dict(stride=2, padding=1), "forward", "outer"),
     ((2, 1, 9, 9, 9), (8, 1, 3, 3, 3), dict(padding=1), "weight", "outer"),
     ((8, 3, 64, 64), (32, 3, 1, 1), {}, "forward", "direct"),   # 1x1: GEMM depth 3
+    # groups of 8-64 channels (ResNeXt): 'outer' forward and weight, not 4 per group
+    ((8, 256, 28, 28), (256, 8, 3, 3), dict(padding=1, groups=32), "forward", "outer"),
+    ((8, 512, 14, 14), (512, 16, 3, 3), dict(padding=1, stride=2, groups=32), "weight",
+     "outer"),
+    ((8, 128, 28, 28), (128, 4, 3, 3), dict(padding=1, groups=32), "forward", "direct"),
+    ((8, 256, 28, 28), (256, 8, 3, 3), dict(padding=1, groups=32), "input",
+     "blocked_flipped"),
     # a 1-D 2-tap layer: one GEMM per tap
     ((4, 64, 500), (64, 64, 2), dict(dilation=4), "forward", "im2col_taps"),
 ])

@@ -203,24 +203,30 @@ OUTER_WGRAD_PIXELS = 1024
 
 
 def outer_wins(p: ConvParams, direction: str) -> bool:
-    """Dense layers (groups=1, 2+ taps) run on vectors of 8 output channels
-    (``outer_forward`` / ``outer_backward_weight`` in ``depthwise.pyx``):
+    """Layers that run on vectors of 8 output channels (``outer_forward`` /
+    ``outer_backward_weight`` in ``depthwise.pyx``), forward and weight gradient, 2+ taps:
 
-    * forward and weight gradient with fewer than 8 image channels (a network's first
-      layer, LeNet's 6-channel layer): the blocked kernel needs a full vector of input
-      channels, and im2col's GEMM has a depth of only C_in x taps;
-    * weight gradients with up to :data:`OUTER_WGRAD_CHANNELS` image channels on planes
-      of up to :data:`OUTER_WGRAD_PIXELS` output pixels (CIFAR-size layers at a training
-      batch): im2col's per-sample GEMMs are then only a plane deep, and the per-weight
-      dot products re-read the input for every output channel.
+    * dense, fewer than 8 image channels (a network's first layer, LeNet's 6-channel
+      layer): the blocked kernel needs a full vector of input channels, and im2col's
+      GEMM has a depth of only C_in x taps;
+    * grouped, 8 to :data:`OUTER_WGRAD_CHANNELS` channels per group on both sides
+      (ResNeXt's 8-32): each group's GEMM is a sliver, the blocked kernel's channel
+      blocks span groups, and the per-channel kernels re-read every input plane for each
+      output channel;
+    * dense weight gradients with up to :data:`OUTER_WGRAD_CHANNELS` image channels on
+      planes of up to :data:`OUTER_WGRAD_PIXELS` output pixels (CIFAR-size layers at a
+      training batch): im2col's per-sample GEMMs are then only a plane deep.
 
     Measured in ``benchmarks/results/kernels-2threads.md``."""
-    if (direction == "backward_input" or p.G != 1 or math.prod(p.kernel_size) < 2
+    if (direction == "backward_input" or math.prod(p.kernel_size) < 2 or is_depthwise(p)
             or staging_too_big(p)):
         return False
-    if p.img_channels < 8:
+    cg, kg = p.img_channels // p.G, p.col_channels // p.G
+    if p.G > 1:
+        return 8 <= cg <= OUTER_WGRAD_CHANNELS and kg >= 8
+    if cg < 8:
         return True
-    return (direction == "backward_weight" and p.img_channels <= OUTER_WGRAD_CHANNELS
+    return (direction == "backward_weight" and cg <= OUTER_WGRAD_CHANNELS
             and p.pixels <= OUTER_WGRAD_PIXELS)
 
 
@@ -318,6 +324,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
     if p.gemm_k < 8:
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
     if device == "cpu" and outer_wins(p, direction):
+        if p.G > 1:
+            return "direct", (f"groups of {cg} input channels: each group's GEMM would be "
+                              f"a sliver")
         if p.img_channels < 8:
             return "direct", (f"{p.img_channels} input channel(s) (< 8): a GEMM depth of "
                               f"{p.gemm_k} only")

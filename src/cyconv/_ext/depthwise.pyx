@@ -427,7 +427,7 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
         free(scratch)
 
 
-# -- dense layers with few input channels: lanes across output channels -------------------
+# -- few input channels per group: lanes across output channels ---------------------------
 
 cdef extern from "_depthwise.h" nogil:
     void bc_gather_f(float* out, const float* inp, const Py_ssize_t* io,
@@ -476,22 +476,21 @@ def outer_workspace_bytes(tuple geom, Py_ssize_t itemsize, str direction,
 def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
                   const floating[::1] b, floating[:, ::1] y, tuple geom,
                   Py_ssize_t n_threads, Py_ssize_t ws_bytes):
-    """y[n] = conv(x[n], w) + b for a dense layer (groups=1) with few input channels.
+    """y[n] = conv(x[n], w) + b for a layer with few input channels per group.
 
     The lanes of a vector are L output channels: every (input channel, tap) pair is one
     weight vector, each input value is broadcast against it (``bc_gather``), over a
     register block of 8 outputs anywhere in the plane.  A work item is one sample and
-    one block of L output channels; it stages the sample's planes zero-padded, computes
-    the block pixel-major and transposes it into the L output planes.  x (N, C * D*H*W),
-    w (K, C * KK), b (K,) or empty, y (N, K * P).
+    one block of L output channels of one group; it stages the group's planes
+    zero-padded, computes the block pixel-major and transposes it into the L output
+    planes.  x (N, C * D*H*W), w (K, C/G * KK), b (K,) or empty, y (N, K * P).
     """
     cdef Geom g = make_geom(geom)
-    if g.G != 1:
-        raise ValueError("outer kernel: needs groups=1")
     cdef Py_ssize_t L = 32 // sizeof(floating)
     cdef Box q = input_box(&g)
-    cdef Py_ssize_t N = x.shape[0], K = g.C_col, T = g.CKK
-    cdef Py_ssize_t KB = (K + L - 1) // L
+    cdef Py_ssize_t N = x.shape[0], K = g.Kg, T = g.CKK
+    cdef Py_ssize_t KBg = (K + L - 1) // L
+    cdef Py_ssize_t KB = g.G * KBg
     cdef Py_ssize_t img = g.Cg * q.Dp * q.Hp * q.Wp
     cdef Py_ssize_t per_thread = img + g.P * L + T * L + L
     cdef Py_ssize_t[::1] offs = _pair_offsets(&g, &q)
@@ -502,7 +501,7 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
     cdef floating* yb
     cdef floating* wb
     cdef floating* bb
-    cdef Py_ssize_t it, n, kb, nk, c, t
+    cdef Py_ssize_t it, n, kb, gi, k0, nk, c, t
     try:
         with nogil, parallel(num_threads=n_threads):
             xp = scratch + threadid() * per_thread
@@ -512,19 +511,21 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
             memset(xp, 0, img * sizeof(floating))      # the border, once
             for it in prange(N * KB, schedule="static"):
                 n = it // KB
-                kb = it % KB
+                gi = (it % KB) // KBg
+                kb = it % KBg
+                k0 = gi * K + kb * L                    # first output channel
                 nk = min(L, K - kb * L)
-                stage_plain(&x[n, 0], g.Cg, xp, &q, g.D, g.H, g.W)
+                stage_plain(&x[n, 0] + gi * g.Cg * g.img_plane, g.Cg, xp, &q, g.D, g.H, g.W)
                 for t in range(T):
                     for c in range(L):
-                        wb[t * L + c] = w[kb * L + c, t] if c < nk else 0
+                        wb[t * L + c] = w[k0 + c, t] if c < nk else 0
                 for c in range(L):
-                    bb[c] = b[kb * L + c] if has_bias and c < nk else 0
+                    bb[c] = b[k0 + c] if has_bias and c < nk else 0
                 if floating is float:
                     bc_gather_f(yb, xp, &win[0], &offs[0], wb, T, g.P, bb)
                 else:
                     bc_gather_d(yb, xp, &win[0], &offs[0], wb, T, g.P, bb)
-                unstage(yb, g.P, nk, &y[n, 0] + kb * L * g.P)
+                unstage(yb, g.P, nk, &y[n, 0] + k0 * g.P)
     finally:
         free(scratch)
 
@@ -533,21 +534,20 @@ def outer_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                           floating[:, ::1] gw, tuple geom, Py_ssize_t n_threads,
                           Py_ssize_t ws_bytes):
     """gw[k, c*KK + t] = sum over samples and outputs of gy[n, k, o] * x[n, c, o under t]
-    for a dense layer with few input channels.
+    for a layer with few input channels per group (or small planes).
 
-    A work item is one block of L output channels and a run of (input channel, tap)
-    pairs (runs only when there are fewer blocks than threads), swept over the samples
-    in order: the output-gradient block staged pixel-major, ``bc_dot`` accumulating one
-    L-lane sum per pair.  Every weight is summed by one thread in a fixed order.
-    x (N, C * D*H*W), gy (N, K * P), gw (K, C * KK) overwritten.
+    A work item is one block of L output channels of one group and a run of (input
+    channel, tap) pairs (runs only when there are fewer blocks than threads), swept over
+    the samples in order: the output-gradient block staged pixel-major, ``bc_dot``
+    accumulating one L-lane sum per pair.  Every weight is summed by one thread in a
+    fixed order.  x (N, C * D*H*W), gy (N, K * P), gw (K, C/G * KK) overwritten.
     """
     cdef Geom g = make_geom(geom)
-    if g.G != 1:
-        raise ValueError("outer kernel: needs groups=1")
     cdef Py_ssize_t L = 32 // sizeof(floating)
     cdef Box q = input_box(&g)
-    cdef Py_ssize_t N = x.shape[0], K = g.C_col, T = g.CKK
-    cdef Py_ssize_t KB = (K + L - 1) // L
+    cdef Py_ssize_t N = x.shape[0], K = g.Kg, T = g.CKK
+    cdef Py_ssize_t KBg = (K + L - 1) // L
+    cdef Py_ssize_t KB = g.G * KBg
     cdef Py_ssize_t runs = min(max(1, (n_threads + KB - 1) // KB), max(1, T // 8))
     cdef Py_ssize_t run = (T + runs - 1) // runs
     runs = (T + run - 1) // run
@@ -561,7 +561,7 @@ def outer_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
     cdef floating* xp = NULL
     cdef floating* gyb
     cdef floating* acc
-    cdef Py_ssize_t it, n, kb, nk, c, t, t0, t1
+    cdef Py_ssize_t it, n, kb, gi, k0, nk, c, t, t0, t1
     try:
         with nogil, parallel(num_threads=n_threads):
             xp = scratch + threadid() * per_thread
@@ -569,21 +569,23 @@ def outer_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
             acc = gyb + g.P * L
             memset(xp, 0, (img + g.P * L) * sizeof(floating))   # border, idle lanes: once
             for it in prange(KB * runs, schedule="dynamic"):
-                kb = it // runs
+                gi = (it // runs) // KBg
+                kb = (it // runs) % KBg
+                k0 = gi * K + kb * L
                 t0 = (it % runs) * run
                 t1 = min(t0 + run, T)
                 nk = min(L, K - kb * L)
                 memset(acc, 0, T * L * sizeof(floating))
                 for n in range(N):
-                    stage_plain(&x[n, 0], g.Cg, xp, &q, g.D, g.H, g.W)
-                    stage(&gy[n, 0] + kb * L * g.P, g.P, nk, gyb, &qy, g.OD, g.OH, g.OW,
-                          NULL)
+                    stage_plain(&x[n, 0] + gi * g.Cg * g.img_plane, g.Cg, xp, &q,
+                                g.D, g.H, g.W)
+                    stage(&gy[n, 0] + k0 * g.P, g.P, nk, gyb, &qy, g.OD, g.OH, g.OW, NULL)
                     if floating is float:
                         bc_dot_f(acc + t0 * L, gyb, xp, &win[0], &offs[t0], t1 - t0, g.P)
                     else:
                         bc_dot_d(acc + t0 * L, gyb, xp, &win[0], &offs[t0], t1 - t0, g.P)
                 for c in range(nk):
                     for t in range(t0, t1):
-                        gw[kb * L + c, t] = acc[t * L + c]
+                        gw[k0 + c, t] = acc[t * L + c]
     finally:
         free(scratch)
