@@ -309,3 +309,36 @@ def test_cached_pooling_skips_its_checks(dtype, monkeypatch):
         cyconv.max_pool2d(x, 0)
     with pytest.raises(ValueError, match="kernel_size must be an int"):
         cyconv.max_pool2d(x, 2.0)     # equal to 2, but not an int: not the cached plan
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_fully_connected_layers_are_one_gemm(dtype, executed):
+    """A window covering the whole unpadded input (DCGAN's last discriminator layer, its
+    generator's first transposed layer) is a linear layer: one GEMM over the batch in
+    every direction, checked against the float64 reference (NaN/Inf included)."""
+    import reference
+    from conftest import assert_close
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((9, 6, 4, 3)).astype(dtype)
+    w = rng.standard_normal((5, 6, 4, 3)).astype(dtype)
+    b = rng.standard_normal(5).astype(dtype)
+    for direction in ("forward", "input", "weight"):
+        plan = cyconv.plan("conv2d", x.shape, w.shape, dtype=dtype, direction=direction)
+        assert plan.kernel == "im2col_fc" and plan.workspace_bytes == 0, str(plan)
+    y = cyconv.conv2d(x, w, b)
+    assert_close(y, reference.conv(x, w, b), np.dtype(dtype))
+    gy = rng.standard_normal(y.shape).astype(dtype)
+    assert_close(cyconv.grad.conv2d_input(x.shape, w, gy),
+                 reference.conv_input_grad(x.shape, w, gy), np.dtype(dtype))
+    assert_close(cyconv.grad.conv2d_weight(x, w.shape, gy),
+                 reference.conv_weight_grad(x, w.shape, gy), np.dtype(dtype))
+    bt = rng.standard_normal(6).astype(dtype)
+    assert_close(cyconv.conv_transpose2d(gy, w, bt), reference.conv_transpose(gy, w, bt),
+                 np.dtype(dtype))
+    assert executed == ["im2col_fc"] * 4
+    x[2, 1, 0, 0] = np.nan
+    y = cyconv.conv2d(x, w, b)
+    assert np.isnan(y[2]).all() and np.isfinite(np.delete(y, 2, axis=0)).all()
+    # padding or a smaller window: not a linear layer
+    assert cyconv.plan("conv2d", x.shape, w.shape, padding=1).kernel != "im2col_fc"
+    assert cyconv.plan("conv2d", x.shape, (5, 6, 3, 3)).kernel != "im2col_fc"

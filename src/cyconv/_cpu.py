@@ -56,6 +56,12 @@ def conv_forward(plan, x, w, b):
     if N == 0 or y.size == 0:
         return y
     plan = _finite_weights(plan, w)
+    if plan.kernel == "im2col_fc":
+        y2 = y.reshape(N, -1)
+        np.matmul(x.reshape(N, -1), w.reshape(w.shape[0], -1).T, out=y2)
+        if b is not None:
+            y2 += b
+        return y
     _runtime.pin_blas()
     args = (x.reshape(N, -1), w.reshape(w.shape[0], -1), _bias_or_empty(b, x.dtype),
             y.reshape(N, -1), plan.geometry, plan.threads, _runtime.get_workspace_limit())
@@ -82,6 +88,11 @@ def conv_backward_input(plan, gy, w, b):
             gx[...] = np.reshape(b, (1, -1) + (1,) * p.nd)
         return gx
     plan = _finite_weights(plan, w)
+    if plan.kernel == "im2col_fc":        # gx[n] = w^T gy[n] for the whole batch at once
+        np.matmul(gy.reshape(N, -1), w.reshape(w.shape[0], -1), out=gx.reshape(N, -1))
+        if b is not None:
+            gx += np.reshape(b, (1, -1) + (1,) * p.nd)
+        return gx
     _runtime.pin_blas()
     nt, ws, kernel = plan.threads, _runtime.get_workspace_limit(), plan.kernel
     if kernel == "blocked_phases":
@@ -111,6 +122,9 @@ def conv_backward_weight(plan, x, gy):
         gw[...] = 0
         return gw
     _traced(plan)
+    if plan.kernel == "im2col_fc":        # gw = gy^T x over the whole batch
+        np.matmul(gy.reshape(N, -1).T, x.reshape(N, -1), out=gw.reshape(gw.shape[0], -1))
+        return gw
     _runtime.pin_blas()
     fn = (kernels("depthwise").outer_backward_weight if plan.kernel == "outer"
           else kernels(plan.kernel).conv_backward_weight)

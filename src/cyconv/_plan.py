@@ -23,6 +23,8 @@ forward (the conv view's column side from its image side):
   (dense layers with fewer than 8 input channels: vectors of 8 output channels),
   ``direct`` (per-channel direct, ``direct.pyx``), ``im2col`` (column matrix + GEMM),
   ``im2col_pointwise`` (1x1, stride 1, unpadded: one GEMM on the input itself),
+  ``im2col_fc`` (every direction: the window is the whole unpadded input, one output
+  pixel: one GEMM over the whole batch, as a linear layer),
   ``im2col_taps`` (1-D, unit stride, 2 taps: one GEMM per tap on shifted views of the
   input; NaN/Inf weights fall back to ``im2col``).
 input gradient (image side from column side; a transposed convolution's forward):
@@ -279,6 +281,15 @@ def input_grad_phases(p: ConvParams):
     return None if any(a is None for a in axes) else axes
 
 
+def is_fully_connected(p: ConvParams) -> bool:
+    """Dense, unpadded, one output pixel whose window is the whole input (DCGAN's last
+    discriminator layer, its generator's first transposed layer): each sample's column
+    matrix is the sample itself, so the whole batch is one GEMM."""
+    return (p.G == 1 and p.pixels == 1 and p.img_size == p.kernel_size
+            and all(d == 1 for d in p.dilation)
+            and all(pb == 0 and pa == 0 for pb, pa in p.padding))
+
+
 def is_pointwise(p: ConvParams) -> bool:
     """1x1 kernel, stride 1, no padding: the image *is* the column matrix."""
     return (all(k == 1 for k in p.kernel_size) and all(s == 1 for s in p.stride)
@@ -316,6 +327,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
         from ._ext import ISA as isa
     if not im2col_feasible(p):
         return "direct", "a sample's column matrix would exceed 2**31 - 1 elements"
+    if is_fully_connected(p):
+        return "im2col", ("one output pixel whose window is the whole input: a linear "
+                          "layer, one GEMM over the batch")
     cg = p.img_channels // p.G      # image channels per group
     kg = p.col_channels // p.G      # column channels per group
     if p.G > 1 and min(cg, kg) < 8:
@@ -450,6 +464,9 @@ def _cpu_kernel(p, direction, alg, why, itemsize):
                 "im2col instead")
         alg = "im2col"
     if alg == "im2col":
+        if is_fully_connected(p):
+            return ("im2col_fc", why + "; the window is the whole input: one GEMM over the "
+                    "batch", None)
         if direction != "forward":
             return "im2col", why, None
         if is_pointwise(p):
@@ -506,7 +523,7 @@ def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
         from . import _gpu
         return _gpu.get_workspace_limit()
     limit = _runtime.get_workspace_limit()
-    if kernel in ("im2col_pointwise",):
+    if kernel in ("im2col_pointwise", "im2col_fc"):
         return 0
     if kernel == "im2col_taps":
         return math.prod(p.kernel_size) * p.col_channels * (p.img_channels // p.G) * itemsize
