@@ -17,6 +17,8 @@
  *   phase's taps only: a gather, no scatter.  A ragged last block is filled up by
  *   repeating the last output (stored again with the same value), so it too runs DW_R
  *   chains: a 7x7 plane is 7 blocks, not 6 blocks and a latency-bound single output.
+ *   (Loads and stores of every block go through the lists; the repeated outputs cost
+ *   nothing else.)
  *
  * dw_dot: acc[t] += sum_j g[j * L] * in[io[j] + off[t]]               t in [0, ntap)
  *
@@ -24,6 +26,11 @@
  *   while every tap reads its DW_R input vectors, summed in two chains (even and odd j
  *   of the block) added at the end.  The order of every sum is fixed by n and ntap
  *   alone, so results do not depend on the thread count.
+ *
+ * bc_gather, bc_dot: the same two loops with the lanes across *output* channels (the
+ * ``outer`` kernels of depthwise.pyx): the input is a plain zero-padded image, each
+ * of its values broadcast against the vector of L output channels' weights of one
+ * (input channel, tap) pair; t runs over those pairs.
  */
 #ifndef CYCONV_DEPTHWISE_H
 #define CYCONV_DEPTHWISE_H
@@ -33,107 +40,21 @@
 
 #define DW_R 8
 
-#define CY_DW_LOAD8(T, P, IDX)                                                             \
-    const T *P##0 = (P) + (IDX)[0], *P##1 = (P) + (IDX)[1], *P##2 = (P) + (IDX)[2],         \
-            *P##3 = (P) + (IDX)[3], *P##4 = (P) + (IDX)[4], *P##5 = (P) + (IDX)[5],         \
-            *P##6 = (P) + (IDX)[6], *P##7 = (P) + (IDX)[7]
+/* Loads of one tap's operand: a vector of L channels, or one value broadcast (a vector
+ * times a scalar multiplies every lane by it). */
+#define CY_LOAD_VEC(V, p) (*(const V *)(p))
+#define CY_LOAD_ONE(V, p) (*(p))
 
-#define CY_DEFINE_DEPTHWISE(SUF, T, V, L)                                                  \
-static void dw_gather_##SUF(T *out, const Py_ssize_t *oo, const T *in,                    \
-                            const Py_ssize_t *io, const Py_ssize_t *off, const T *w,       \
-                            Py_ssize_t ntap, Py_ssize_t n, const T *b)                     \
+#define CY_DEFINE_GATHER(NAME, T, V, L, LOAD)                                             \
+static void NAME(T *out, const Py_ssize_t *oo, const T *in, const Py_ssize_t *io,         \
+                 const Py_ssize_t *off, const T *w, Py_ssize_t ntap, Py_ssize_t n,         \
+                 const T *b)                                                               \
 {                                                                                         \
-    Py_ssize_t j = 0, t;                                                                  \
+    Py_ssize_t j, t, i, k[DW_R];                                                          \
     V bias = {0};                                                                         \
     if (b) bias = *(const V *)b;                                                          \
-    for (; j + DW_R <= n; j += DW_R) {                                                    \
-        V a0 = bias, a1 = bias, a2 = bias, a3 = bias;                                     \
-        V a4 = bias, a5 = bias, a6 = bias, a7 = bias;                                     \
-        CY_DW_LOAD8(T, in, io + j);                                                          \
-        for (t = 0; t < ntap; t++) {                                                      \
-            const V wv = *(const V *)(w + t * L);                                         \
-            const Py_ssize_t o = off[t];                                                  \
-            a0 += wv * *(const V *)(in0 + o);                                             \
-            a1 += wv * *(const V *)(in1 + o);                                             \
-            a2 += wv * *(const V *)(in2 + o);                                             \
-            a3 += wv * *(const V *)(in3 + o);                                             \
-            a4 += wv * *(const V *)(in4 + o);                                             \
-            a5 += wv * *(const V *)(in5 + o);                                             \
-            a6 += wv * *(const V *)(in6 + o);                                             \
-            a7 += wv * *(const V *)(in7 + o);                                             \
-        }                                                                                 \
-        *(V *)(out + oo[j]) = a0; *(V *)(out + oo[j + 1]) = a1;                           \
-        *(V *)(out + oo[j + 2]) = a2; *(V *)(out + oo[j + 3]) = a3;                       \
-        *(V *)(out + oo[j + 4]) = a4; *(V *)(out + oo[j + 5]) = a5;                       \
-        *(V *)(out + oo[j + 6]) = a6; *(V *)(out + oo[j + 7]) = a7;                       \
-    }                                                                                     \
-    if (j < n) {            /* the last outputs again as a full block, the last one  \
-                               repeated: the same values from the same sums, stored   \
-                               twice, and DW_R chains instead of one */               \
-        Py_ssize_t ot[DW_R], it[DW_R], i;                                                 \
-        for (i = 0; i < DW_R; i++) {                                                      \
-            ot[i] = oo[j + i < n ? j + i : n - 1];                                        \
-            it[i] = io[j + i < n ? j + i : n - 1];                                        \
-        }                                                                                 \
-        dw_gather_##SUF(out, ot, in, it, off, w, ntap, DW_R, b);                          \
-    }                                                                                     \
-}                                                                                         \
-                                                                                          \
-static void dw_dot_##SUF(T *acc, const T *g, const T *in, const Py_ssize_t *io,           \
-                         const Py_ssize_t *off, Py_ssize_t ntap, Py_ssize_t n)             \
-{                                                                                         \
-    Py_ssize_t j = 0, t;                                                                  \
-    for (; j + DW_R <= n; j += DW_R) {                                                    \
-        const T *gj = g + j * L;                                                          \
-        const V g0 = *(const V *)(gj), g1 = *(const V *)(gj + L);                         \
-        const V g2 = *(const V *)(gj + 2 * L), g3 = *(const V *)(gj + 3 * L);             \
-        const V g4 = *(const V *)(gj + 4 * L), g5 = *(const V *)(gj + 5 * L);             \
-        const V g6 = *(const V *)(gj + 6 * L), g7 = *(const V *)(gj + 7 * L);             \
-        CY_DW_LOAD8(T, in, io + j);                                                          \
-        for (t = 0; t < ntap; t++) {                                                      \
-            const Py_ssize_t o = off[t];                                                  \
-            V s0 = g0 * *(const V *)(in0 + o);                                            \
-            V s1 = g1 * *(const V *)(in1 + o);                                            \
-            s0 += g2 * *(const V *)(in2 + o);                                             \
-            s1 += g3 * *(const V *)(in3 + o);                                             \
-            s0 += g4 * *(const V *)(in4 + o);                                             \
-            s1 += g5 * *(const V *)(in5 + o);                                             \
-            s0 += g6 * *(const V *)(in6 + o);                                             \
-            s1 += g7 * *(const V *)(in7 + o);                                             \
-            *(V *)(acc + t * L) += s0 + s1;                                               \
-        }                                                                                 \
-    }                                                                                     \
-    for (; j < n; j++) {                                                                  \
-        const V g0 = *(const V *)(g + j * L);                                             \
-        const T *p = in + io[j];                                                          \
-        for (t = 0; t < ntap; t++)                                                        \
-            *(V *)(acc + t * L) += g0 * *(const V *)(p + off[t]);                         \
-    }                                                                                     \
-}
-
-CY_DEFINE_DEPTHWISE(f, float, cy_v8f, 8)
-CY_DEFINE_DEPTHWISE(d, double, cy_v4d, 4)
-
-/* The same two loops with the lanes across *output* channels (outer.pyx): the input is
- * a plain zero-padded image, each of its values broadcast against the vector of L
- * output channels' weights of one (input channel, tap) pair.
- *
- * bc_gather: out[j * L] = b + sum_t w[t] * in[io[j] + off[t]] (broadcast)   j in [0, n)
- * bc_dot:    acc[t] += sum_j g[j * L] * in[io[j] + off[t]] (broadcast)      t in [0, ntap)
- *
- * t runs over (input channel, tap) pairs; out and g are pixel-major blocks of L output
- * channels.  Ragged last blocks as in dw_gather (repeated last output) and dw_dot. */
-#define CY_DEFINE_OUTER(SUF, T, V, L)                                                     \
-static void bc_gather_##SUF(T *out, const T *in, const Py_ssize_t *io,                    \
-                            const Py_ssize_t *off, const T *w, Py_ssize_t ntap,            \
-                            Py_ssize_t n, const T *b)                                      \
-{                                                                                         \
-    Py_ssize_t j = 0, t;                                                                  \
-    V bias = {0};                                                                         \
-    if (b) bias = *(const V *)b;                                                          \
-    for (; j < n; j += DW_R) {                                                            \
-        Py_ssize_t i, k[DW_R];                                                            \
-        for (i = 0; i < DW_R; i++)                                                        \
+    for (j = 0; j < n; j += DW_R) {                                                       \
+        for (i = 0; i < DW_R; i++)          /* a ragged last block repeats output n-1 */  \
             k[i] = j + i < n ? j + i : n - 1;                                             \
         V a0 = bias, a1 = bias, a2 = bias, a3 = bias;                                     \
         V a4 = bias, a5 = bias, a6 = bias, a7 = bias;                                     \
@@ -143,18 +64,21 @@ static void bc_gather_##SUF(T *out, const T *in, const Py_ssize_t *io,          
         for (t = 0; t < ntap; t++) {                                                      \
             const V wv = *(const V *)(w + t * L);                                         \
             const Py_ssize_t o = off[t];                                                  \
-            a0 += wv * in0[o]; a1 += wv * in1[o]; a2 += wv * in2[o]; a3 += wv * in3[o];   \
-            a4 += wv * in4[o]; a5 += wv * in5[o]; a6 += wv * in6[o]; a7 += wv * in7[o];   \
+            a0 += wv * LOAD(V, in0 + o); a1 += wv * LOAD(V, in1 + o);                     \
+            a2 += wv * LOAD(V, in2 + o); a3 += wv * LOAD(V, in3 + o);                     \
+            a4 += wv * LOAD(V, in4 + o); a5 += wv * LOAD(V, in5 + o);                     \
+            a6 += wv * LOAD(V, in6 + o); a7 += wv * LOAD(V, in7 + o);                     \
         }                                                                                 \
-        *(V *)(out + k[0] * L) = a0; *(V *)(out + k[1] * L) = a1;                         \
-        *(V *)(out + k[2] * L) = a2; *(V *)(out + k[3] * L) = a3;                         \
-        *(V *)(out + k[4] * L) = a4; *(V *)(out + k[5] * L) = a5;                         \
-        *(V *)(out + k[6] * L) = a6; *(V *)(out + k[7] * L) = a7;                         \
+        *(V *)(out + oo[k[0]]) = a0; *(V *)(out + oo[k[1]]) = a1;                         \
+        *(V *)(out + oo[k[2]]) = a2; *(V *)(out + oo[k[3]]) = a3;                         \
+        *(V *)(out + oo[k[4]]) = a4; *(V *)(out + oo[k[5]]) = a5;                         \
+        *(V *)(out + oo[k[6]]) = a6; *(V *)(out + oo[k[7]]) = a7;                         \
     }                                                                                     \
-}                                                                                         \
-                                                                                          \
-static void bc_dot_##SUF(T *acc, const T *g, const T *in, const Py_ssize_t *io,           \
-                         const Py_ssize_t *off, Py_ssize_t ntap, Py_ssize_t n)             \
+}
+
+#define CY_DEFINE_DOT(NAME, T, V, L, LOAD)                                                \
+static void NAME(T *acc, const T *g, const T *in, const Py_ssize_t *io,                   \
+                 const Py_ssize_t *off, Py_ssize_t ntap, Py_ssize_t n)                     \
 {                                                                                         \
     Py_ssize_t j = 0, t;                                                                  \
     for (; j + DW_R <= n; j += DW_R) {                                                    \
@@ -163,17 +87,20 @@ static void bc_dot_##SUF(T *acc, const T *g, const T *in, const Py_ssize_t *io, 
         const V g2 = *(const V *)(gj + 2 * L), g3 = *(const V *)(gj + 3 * L);             \
         const V g4 = *(const V *)(gj + 4 * L), g5 = *(const V *)(gj + 5 * L);             \
         const V g6 = *(const V *)(gj + 6 * L), g7 = *(const V *)(gj + 7 * L);             \
-        CY_DW_LOAD8(T, in, io + j);                                                       \
+        const Py_ssize_t *ij = io + j;                                                    \
+        const T *in0 = in + ij[0], *in1 = in + ij[1], *in2 = in + ij[2],                  \
+                *in3 = in + ij[3], *in4 = in + ij[4], *in5 = in + ij[5],                  \
+                *in6 = in + ij[6], *in7 = in + ij[7];                                     \
         for (t = 0; t < ntap; t++) {                                                      \
             const Py_ssize_t o = off[t];                                                  \
-            V s0 = g0 * in0[o];                                                           \
-            V s1 = g1 * in1[o];                                                           \
-            s0 += g2 * in2[o];                                                            \
-            s1 += g3 * in3[o];                                                            \
-            s0 += g4 * in4[o];                                                            \
-            s1 += g5 * in5[o];                                                            \
-            s0 += g6 * in6[o];                                                            \
-            s1 += g7 * in7[o];                                                            \
+            V s0 = g0 * LOAD(V, in0 + o);                                                 \
+            V s1 = g1 * LOAD(V, in1 + o);                                                 \
+            s0 += g2 * LOAD(V, in2 + o);                                                  \
+            s1 += g3 * LOAD(V, in3 + o);                                                  \
+            s0 += g4 * LOAD(V, in4 + o);                                                  \
+            s1 += g5 * LOAD(V, in5 + o);                                                  \
+            s0 += g6 * LOAD(V, in6 + o);                                                  \
+            s1 += g7 * LOAD(V, in7 + o);                                                  \
             *(V *)(acc + t * L) += s0 + s1;                                               \
         }                                                                                 \
     }                                                                                     \
@@ -181,12 +108,20 @@ static void bc_dot_##SUF(T *acc, const T *g, const T *in, const Py_ssize_t *io, 
         const V g0 = *(const V *)(g + j * L);                                             \
         const T *p = in + io[j];                                                          \
         for (t = 0; t < ntap; t++)                                                        \
-            *(V *)(acc + t * L) += g0 * p[off[t]];                                        \
+            *(V *)(acc + t * L) += g0 * LOAD(V, p + off[t]);                              \
     }                                                                                     \
 }
 
-CY_DEFINE_OUTER(f, float, cy_v8f, 8)
-CY_DEFINE_OUTER(d, double, cy_v4d, 4)
+/* depthwise: lanes are channels of the input too (vector loads) */
+CY_DEFINE_GATHER(dw_gather_f, float, cy_v8f, 8, CY_LOAD_VEC)
+CY_DEFINE_GATHER(dw_gather_d, double, cy_v4d, 4, CY_LOAD_VEC)
+CY_DEFINE_DOT(dw_dot_f, float, cy_v8f, 8, CY_LOAD_VEC)
+CY_DEFINE_DOT(dw_dot_d, double, cy_v4d, 4, CY_LOAD_VEC)
+/* outer: lanes are output channels, each input value broadcast (see the note above) */
+CY_DEFINE_GATHER(bc_gather_f, float, cy_v8f, 8, CY_LOAD_ONE)
+CY_DEFINE_GATHER(bc_gather_d, double, cy_v4d, 4, CY_LOAD_ONE)
+CY_DEFINE_DOT(bc_dot_f, float, cy_v8f, 8, CY_LOAD_ONE)
+CY_DEFINE_DOT(bc_dot_d, double, cy_v4d, 4, CY_LOAD_ONE)
 
 /* In-register transposes of an L x L block (rows in r0..): three rounds of two-vector
  * shuffles for float32 (unpack, pair, halves), two for float64. */

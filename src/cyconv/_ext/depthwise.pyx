@@ -430,12 +430,12 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
 # -- few input channels per group: lanes across output channels ---------------------------
 
 cdef extern from "_depthwise.h" nogil:
-    void bc_gather_f(float* out, const float* inp, const Py_ssize_t* io,
-                     const Py_ssize_t* off, const float* w, Py_ssize_t ntap, Py_ssize_t n,
-                     const float* b)
-    void bc_gather_d(double* out, const double* inp, const Py_ssize_t* io,
-                     const Py_ssize_t* off, const double* w, Py_ssize_t ntap, Py_ssize_t n,
-                     const double* b)
+    void bc_gather_f(float* out, const Py_ssize_t* oo, const float* inp,
+                     const Py_ssize_t* io, const Py_ssize_t* off, const float* w,
+                     Py_ssize_t ntap, Py_ssize_t n, const float* b)
+    void bc_gather_d(double* out, const Py_ssize_t* oo, const double* inp,
+                     const Py_ssize_t* io, const Py_ssize_t* off, const double* w,
+                     Py_ssize_t ntap, Py_ssize_t n, const double* b)
     void bc_dot_f(float* acc, const float* g, const float* inp, const Py_ssize_t* io,
                   const Py_ssize_t* off, Py_ssize_t ntap, Py_ssize_t n)
     void bc_dot_d(double* acc, const double* g, const double* inp, const Py_ssize_t* io,
@@ -495,6 +495,7 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
     cdef Py_ssize_t per_thread = img + g.P * L + T * L + L
     cdef Py_ssize_t[::1] offs = _pair_offsets(&g, &q)
     cdef Py_ssize_t[::1] win = _windows(g.OD, g.OH, g.OW, g.SD, g.SH, g.SW, q.Hp, q.Wp, 1)
+    cdef Py_ssize_t[::1] dense = np.arange(g.P, dtype=np.intp) * L
     cdef bint has_bias = b.shape[0] > 0
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
     cdef floating* xp = NULL
@@ -522,9 +523,9 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
                 for c in range(L):
                     bb[c] = b[k0 + c] if has_bias and c < nk else 0
                 if floating is float:
-                    bc_gather_f(yb, xp, &win[0], &offs[0], wb, T, g.P, bb)
+                    bc_gather_f(yb, &dense[0], xp, &win[0], &offs[0], wb, T, g.P, bb)
                 else:
-                    bc_gather_d(yb, xp, &win[0], &offs[0], wb, T, g.P, bb)
+                    bc_gather_d(yb, &dense[0], xp, &win[0], &offs[0], wb, T, g.P, bb)
                 unstage(yb, g.P, nk, &y[n, 0] + k0 * g.P)
     finally:
         free(scratch)
