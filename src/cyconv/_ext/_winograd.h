@@ -184,4 +184,169 @@ cy_win_out_##S(int A, int AH, const T *m, Py_ssize_t ms, T *y, Py_ssize_t ks,   
 CY_WINO_DEFINE(f, float, cy_v8f, 8)
 CY_WINO_DEFINE(d, double, cy_v4d, 4)
 
+/* The tile GEMM, one position at a time: for UR (1 .. 6) tiles and one panel of NB * L
+ * (NB = 1 or 2) output channels,
+ *
+ *   m[u * mt + k] = sum_{r < R} v[u * vt + r] * w[r * NB * L + k]     k < NB * L
+ *
+ * with the transformed weights packed by panel (w[r][k], NB * L wide, once per call),
+ * so no operand is repacked per call as a BLAS GEMM would.  The 2 x 6 accumulators stay
+ * in registers (the 6 x 16 float shape of BLIS's Haswell sgemm kernel): each step is 2
+ * weight loads, UR broadcasts and 2 * UR FMAs.  Every sum runs over r in order, so the
+ * result does not depend on how tiles are blocked. */
+#define CY_WGEMM_UR(S, T, V, L, BC, NB, UR)                                            \
+static inline __attribute__((always_inline)) void                                      \
+cy_wgemm_##S##_##NB##_##UR(const T *v, Py_ssize_t vt, const T *w, Py_ssize_t R, T *m,  \
+                           Py_ssize_t mt)                                              \
+{                                                                                      \
+    V acc[NB][UR];                                                                     \
+    Py_ssize_t r;                                                                      \
+    _Pragma("GCC unroll 2") for (int b_ = 0; b_ < NB; b_++)                            \
+        _Pragma("GCC unroll 6") for (int u_ = 0; u_ < UR; u_++)                        \
+            acc[b_][u_] = (V){0};                                                      \
+    for (r = 0; r < R; r++) {                                                          \
+        V wv[NB];                                                                      \
+        _Pragma("GCC unroll 2") for (int b_ = 0; b_ < NB; b_++)                        \
+            wv[b_] = *(const V *)(w + r * NB * L + b_ * L);                            \
+        _Pragma("GCC unroll 6") for (int u_ = 0; u_ < UR; u_++) {                      \
+            V bc = BC(v[u_ * vt + r]);                                                 \
+            _Pragma("GCC unroll 2") for (int b_ = 0; b_ < NB; b_++)                    \
+                acc[b_][u_] += bc * wv[b_];                                            \
+        }                                                                              \
+    }                                                                                  \
+    _Pragma("GCC unroll 2") for (int b_ = 0; b_ < NB; b_++)                            \
+        _Pragma("GCC unroll 6") for (int u_ = 0; u_ < UR; u_++)                        \
+            *(V *)(m + u_ * mt + b_ * L) = acc[b_][u_];                                \
+}
+
+#define CY_WGEMM_CASE(S, NB, UR)                                                       \
+    case UR: cy_wgemm_##S##_##NB##_##UR(v, vt, w, R, m, mt); break;
+
+#define CY_WGEMM_NB(S, T, V, L, BC, NB)                                                \
+CY_WGEMM_UR(S, T, V, L, BC, NB, 1)                                                     \
+CY_WGEMM_UR(S, T, V, L, BC, NB, 2)                                                     \
+CY_WGEMM_UR(S, T, V, L, BC, NB, 3)                                                     \
+CY_WGEMM_UR(S, T, V, L, BC, NB, 4)                                                     \
+CY_WGEMM_UR(S, T, V, L, BC, NB, 5)                                                     \
+CY_WGEMM_UR(S, T, V, L, BC, NB, 6)                                                     \
+static __attribute__((noinline)) void                                                  \
+cy_wgemm_##S##_##NB(int ur, const T *v, Py_ssize_t vt, const T *w, Py_ssize_t R, T *m, \
+                    Py_ssize_t mt)                                                     \
+{                                                                                      \
+    switch (ur) {                                                                      \
+    CY_WGEMM_CASE(S, NB, 1)                                                            \
+    CY_WGEMM_CASE(S, NB, 2)                                                            \
+    CY_WGEMM_CASE(S, NB, 3)                                                            \
+    CY_WGEMM_CASE(S, NB, 4)                                                            \
+    CY_WGEMM_CASE(S, NB, 5)                                                            \
+    default:                                                                           \
+    CY_WGEMM_CASE(S, NB, 6)                                                            \
+    }                                                                                  \
+}
+
+/* m[t * mt + k] = sum_r v[t * vt + r] * U[r][k] for t < nt and k < Kp, U packed in
+ * panels of 2L channels (the last one L wide when Kp is an odd number of vectors):
+ * panel j at u + j * 2L * R, row r of it at + r * width. */
+#define CY_WGEMM(S, T, V, L)                                                           \
+static void cy_wgemm_##S(Py_ssize_t nt, Py_ssize_t Kp, Py_ssize_t R, const T *v,       \
+                         Py_ssize_t vt, const T *u, T *m, Py_ssize_t mt)               \
+{                                                                                      \
+    Py_ssize_t j, t;                                                                   \
+    for (j = 0; j * 2 * L < Kp; j++) {                                                 \
+        const T *w = u + j * 2 * L * R;                                                \
+        int two = Kp - j * 2 * L >= 2 * L;                                             \
+        for (t = 0; t < nt; t += 6) {                                                  \
+            int ur = nt - t < 6 ? (int)(nt - t) : 6;                                   \
+            if (two)                                                                   \
+                cy_wgemm_##S##_2(ur, v + t * vt, vt, w, R, m + t * mt + j * 2 * L, mt); \
+            else                                                                       \
+                cy_wgemm_##S##_1(ur, v + t * vt, vt, w, R, m + t * mt + j * 2 * L, mt); \
+        }                                                                              \
+    }                                                                                  \
+}
+
+#define cy_wbc_f(s) ({ float s_ = (s); (cy_v8f){s_, s_, s_, s_, s_, s_, s_, s_}; })
+#define cy_wbc_d(s) ({ double s_ = (s); (cy_v4d){s_, s_, s_, s_}; })
+CY_WGEMM_NB(f, float, cy_v8f, 8, cy_wbc_f, 1)
+CY_WGEMM_NB(f, float, cy_v8f, 8, cy_wbc_f, 2)
+CY_WGEMM(f, float, cy_v8f, 8)
+CY_WGEMM_NB(d, double, cy_v4d, 4, cy_wbc_d, 1)
+CY_WGEMM_NB(d, double, cy_v4d, 4, cy_wbc_d, 2)
+CY_WGEMM(d, double, cy_v4d, 4)
+
+/* cy_win_pack_<S>: one row of W pixels of n (<= L) channels, channels last:
+ * dst[i * ds + c] = src[c * cs + i] for c < n, 0 for n <= c < L; returns nonzero when a
+ * copied value is NaN or Inf.  L x L blocks are transposed in registers (three rounds of
+ * lane shuffles, as _MM_TRANSPOSE8_PS would), the check riding along as v - v sums. */
+#define CY_TRANSPOSE8(r, o)                                                            \
+    do {                                                                               \
+        cy_v8f t0 = CY_SHUF8(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t1 = CY_SHUF8(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f t2 = CY_SHUF8(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t3 = CY_SHUF8(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f t4 = CY_SHUF8(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t5 = CY_SHUF8(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f t6 = CY_SHUF8(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t7 = CY_SHUF8(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f s0 = CY_SHUF8(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s1 = CY_SHUF8(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        cy_v8f s2 = CY_SHUF8(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s3 = CY_SHUF8(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        cy_v8f s4 = CY_SHUF8(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s5 = CY_SHUF8(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        cy_v8f s6 = CY_SHUF8(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s7 = CY_SHUF8(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        o[0] = CY_SHUF8(s0, s4, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[4] = CY_SHUF8(s0, s4, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        o[1] = CY_SHUF8(s1, s5, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[5] = CY_SHUF8(s1, s5, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        o[2] = CY_SHUF8(s2, s6, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[6] = CY_SHUF8(s2, s6, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        o[3] = CY_SHUF8(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[7] = CY_SHUF8(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+    } while (0)
+#define CY_TRANSPOSE4(r, o)                                                            \
+    do {                                                                               \
+        cy_v4d t0 = CY_SHUF4(r[0], r[1], 0, 4, 2, 6);                                  \
+        cy_v4d t1 = CY_SHUF4(r[0], r[1], 1, 5, 3, 7);                                  \
+        cy_v4d t2 = CY_SHUF4(r[2], r[3], 0, 4, 2, 6);                                  \
+        cy_v4d t3 = CY_SHUF4(r[2], r[3], 1, 5, 3, 7);                                  \
+        o[0] = CY_SHUF4(t0, t2, 0, 1, 4, 5);                                           \
+        o[2] = CY_SHUF4(t0, t2, 2, 3, 6, 7);                                           \
+        o[1] = CY_SHUF4(t1, t3, 0, 1, 4, 5);                                           \
+        o[3] = CY_SHUF4(t1, t3, 2, 3, 6, 7);                                           \
+    } while (0)
+
+#define CY_WINO_PACK(S, T, V, L, TRANSPOSE)                                            \
+static int cy_win_pack_##S(const T *src, Py_ssize_t cs, int n, Py_ssize_t W, T *dst,   \
+                           Py_ssize_t ds)                                              \
+{                                                                                      \
+    V z = {0}, r[L], o[L];                                                             \
+    Py_ssize_t i;                                                                      \
+    int c, bad = 0;                                                                    \
+    for (c = n; c < L; c++)                                                            \
+        r[c] = (V){0};                                                                 \
+    for (i = 0; i + L <= W; i += L) {                                                  \
+        for (c = 0; c < n; c++) {                                                      \
+            r[c] = *(const V *)(src + c * cs + i);                                     \
+            z += r[c] - r[c];                                                          \
+        }                                                                              \
+        TRANSPOSE(r, o);                                                               \
+        for (c = 0; c < L; c++)                                                        \
+            *(V *)(dst + (i + c) * ds) = o[c];                                         \
+    }                                                                                  \
+    for (; i < W; i++)                                                                 \
+        for (c = 0; c < L; c++) {                                                      \
+            T v = c < n ? src[c * cs + i] : (T)0;                                      \
+            dst[i * ds + c] = v;                                                       \
+            bad |= v - v != 0;                                                         \
+        }                                                                              \
+    for (c = 0; c < L; c++)                                                            \
+        bad |= z[c] != 0;                                                              \
+    return bad;                                                                        \
+}
+
+CY_WINO_PACK(f, float, cy_v8f, 8, CY_TRANSPOSE8)
+CY_WINO_PACK(d, double, cy_v4d, 4, CY_TRANSPOSE4)
+
 #endif

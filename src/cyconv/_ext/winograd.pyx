@@ -40,7 +40,6 @@ from libc.string cimport memset
 from cyconv._ext._types cimport floating
 from cyconv._ext._geom cimport Geom, make_geom
 from cyconv._ext._finite cimport all_finite_n
-from cyconv._ext._blas cimport gemm_rm
 
 
 cdef extern from "_winograd.h" nogil:
@@ -55,13 +54,26 @@ cdef extern from "_winograd.h" nogil:
     void cy_win_out_d(int A, int AH, const double* m, Py_ssize_t ms, double* y,
                       Py_ssize_t ks, Py_ssize_t ys, int nr, int nc, int nk,
                       const double* bias)
+    int cy_win_pack_f(const float* src, Py_ssize_t cs, int n, Py_ssize_t W, float* dst,
+                      Py_ssize_t ds)
+    int cy_win_pack_d(const double* src, Py_ssize_t cs, int n, Py_ssize_t W, double* dst,
+                      Py_ssize_t ds)
+    void cy_wgemm_f(Py_ssize_t nt, Py_ssize_t Kp, Py_ssize_t R, const float* v, Py_ssize_t vt,
+                    const float* u, float* m, Py_ssize_t mt)
+    void cy_wgemm_d(Py_ssize_t nt, Py_ssize_t Kp, Py_ssize_t R, const double* v,
+                    Py_ssize_t vt, const double* u, double* m, Py_ssize_t mt)
 
 
 #: bytes of V and M (one block's transformed tiles and products) aimed for per thread
-DEF BLOCK_BYTES = 393216
+cdef Py_ssize_t BLOCK_BYTES = 393216
 #: tiles per block: at most, and the fewest a tight workspace limit may cut down to
-DEF T_MAX = 96
-DEF T_MIN = 4
+cdef Py_ssize_t T_MAX = 96
+cdef Py_ssize_t T_MIN = 4
+
+
+def _tune(block_bytes, t_max):
+    global BLOCK_BYTES, T_MAX
+    BLOCK_BYTES, T_MAX = block_bytes, t_max
 
 
 cdef struct Wino:
@@ -159,20 +171,29 @@ G4[:] = [0.25, 0.0, 0.0,  -1.0 / 6, -1.0 / 6, -1.0 / 6,  -1.0 / 6, 1.0 / 6, -1.0
 G2[:] = [1.0, 0.0, 0.0,  0.5, 0.5, 0.5,  0.5, -0.5, 0.5,  0.0, 0.0, 1.0]
 
 
-cdef Py_ssize_t _transform_channel(const floating* w, floating* U, Py_ssize_t k,
+cdef inline Py_ssize_t _u_index(Py_ssize_t p, Py_ssize_t r, Py_ssize_t k,
+                                const Wino* q) noexcept nogil:
+    """Where U[p][r][k] lives: per position, panels of 2L output channels (the last one
+    L wide when Kp is an odd number of vectors), each row-major (r, k) (see cy_wgemm)."""
+    cdef Py_ssize_t j = k // (2 * q.L)
+    return p * q.Cr * q.Kp + j * 2 * q.L * q.Cr + r * _min(2 * q.L, q.Kp - j * 2 * q.L) \
+        + k - j * 2 * q.L
+
+
+cdef Py_ssize_t _transform_channel(const floating* w, floating* U, Py_ssize_t c,
                                    bint flip, const Geom* g, const Wino* q) noexcept nogil:
-    """U[.][.][k] for one output channel k (see _transform_weights); returns the count
-    of non-finite weights read."""
+    """U[.][kd*Cp + c][.] for one input channel c (see _transform_weights); returns the
+    count of non-finite weights read."""
     cdef const double* G = &G2[0]
-    cdef Py_ssize_t c, kd, i, j, a, b, t, KK = g.KK, bad = 0
+    cdef Py_ssize_t k, kd, i, j, a, b, t, KK = g.KK, bad = 0
     cdef double gk[3][3]
     cdef double tmp[6][3]
     cdef double s
     cdef const floating* src
     if q.A == 6:
         G = &G4[0]
-    for c in range(g.C_img):
-        for kd in range(g.KD):
+    for kd in range(g.KD):
+        for k in range(g.C_col):
             for i in range(3):
                 for j in range(3):
                     if g.KH == 1 and i != 1:        # 1-D: the kernel is the middle row
@@ -196,20 +217,20 @@ cdef Py_ssize_t _transform_channel(const floating* w, floating* U, Py_ssize_t k,
                         s = G[3 * b] * gk[1][0] + G[3 * b + 1] * gk[1][1] + G[3 * b + 2] * gk[1][2]
                     else:
                         s = tmp[a][0] * G[3 * b] + tmp[a][1] * G[3 * b + 1] + tmp[a][2] * G[3 * b + 2]
-                    U[((a * q.A + b) * q.Cr + kd * q.Cp + c) * q.Kp + k] = <floating> s
+                    U[_u_index(a * q.A + b, kd * q.Cp + c, k, q)] = <floating> s
     return bad
 
 
 cdef bint _transform_weights(const floating* w, floating* U, bint flip, Py_ssize_t n_threads,
                              const Geom* g, const Wino* q) noexcept nogil:
-    """U[p][kd*Cp + c][k] = (G w[k, c, kd] G^T)[p], computed in double; zero for padded
-    channels.  flip: w is the (C_img, C_col * KK) weight of the convolution whose input
-    gradient this is, read as w'[k, c, t] = w[c, k, KK - 1 - t].  Returns whether every
-    weight is finite."""
-    cdef Py_ssize_t k, bad = 0
+    """U[p][kd*Cp + c][k] = (G w[k, c, kd] G^T)[p] (stored by _u_index), computed in
+    double; zero for padded channels.  flip: w is the (C_img, C_col * KK) weight of the
+    convolution whose input gradient this is, read as w'[k, c, t] = w[c, k, KK - 1 - t].
+    Returns whether every weight is finite."""
+    cdef Py_ssize_t c, bad = 0
     memset(U, 0, q.P * q.Cr * q.Kp * sizeof(floating))
-    for k in prange(g.C_col, num_threads=n_threads, schedule="static"):
-        bad += _transform_channel(w, U, k, flip, g, q)
+    for c in prange(g.C_img, num_threads=n_threads, schedule="static"):
+        bad += _transform_channel(w, U, c, flip, g, q)
     return bad == 0
 
 
@@ -219,19 +240,15 @@ cdef bint _pack_row(const floating* src, Py_ssize_t cs, floating* dst, Py_ssize_
                     Py_ssize_t W, const Wino* q) noexcept nogil:
     """dst[w * Cp + c] = src[c * cs + w] (one input row, channels last, zeros for the
     padded channels); returns whether every copied value is finite."""
-    cdef Py_ssize_t c, i, cb, L = q.L, n
-    cdef floating v, z = 0
+    cdef Py_ssize_t cb, L = q.L
+    cdef int bad = 0
     for cb in range(0, q.Cp // L):
         cb = cb * L
-        n = _min(L, C - cb)
-        for i in range(W):
-            for c in range(n):
-                v = src[(cb + c) * cs + i]
-                dst[i * q.Cp + cb + c] = v
-                z = z + (v - v)
-            for c in range(n, L):
-                dst[i * q.Cp + cb + c] = 0
-    return z == 0
+        if floating is float:
+            bad |= cy_win_pack_f(src + cb * cs, cs, <int> _min(L, C - cb), W, dst + cb, q.Cp)
+        else:
+            bad |= cy_win_pack_d(src + cb * cs, cs, <int> _min(L, C - cb), W, dst + cb, q.Cp)
+    return bad == 0
 
 
 cdef struct Chunk:
@@ -293,8 +310,10 @@ cdef void _block(const floating* xs, floating* y, Py_ssize_t ystride, const floa
                     cy_win_in_d(q.A, q.AH, sp + c, rs, q.Cp, ih0 - ch.hlo, iw0, r0, r1, c0,
                                 c1, V + t * q.Cr + kd * q.Cp + c, vs)
     for p in range(q.P):
-        gemm_rm(False, False, <int> nt, <int> q.Kp, <int> q.Cr, 1, V + p * vs, <int> q.Cr,
-                U + p * q.Cr * q.Kp, <int> q.Kp, 0, M + p * ms, <int> q.Kp)
+        if floating is float:
+            cy_wgemm_f(nt, q.Kp, q.Cr, V + p * vs, q.Cr, U + p * q.Cr * q.Kp, M + p * ms, q.Kp)
+        else:
+            cy_wgemm_d(nt, q.Kp, q.Cr, V + p * vs, q.Cr, U + p * q.Cr * q.Kp, M + p * ms, q.Kp)
     plane = g.OH * g.OW
     for t in range(nt):
         tw = (t0 + t) % q.TW
