@@ -81,6 +81,118 @@ cy_wat4_##S(const V *m, int is, V *o, int os)                                   
     o[os] = m1 - m2 - m[3 * is];                                                       \
 }
 
+/* cy_win_pack_<S>: one row of W pixels of n (<= L) channels, channels last:
+ * dst[i * ds + c] = src[c * cs + i] for c < n, 0 for n <= c < L; returns nonzero when a
+ * copied value is NaN or Inf.  L x L blocks are transposed in registers (three rounds of
+ * lane shuffles, as _MM_TRANSPOSE8_PS would), the check riding along as v - v sums. */
+#define CY_TRANSPOSE8(r, o)                                                            \
+    do {                                                                               \
+        cy_v8f t0 = CY_SHUF8(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t1 = CY_SHUF8(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f t2 = CY_SHUF8(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t3 = CY_SHUF8(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f t4 = CY_SHUF8(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t5 = CY_SHUF8(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f t6 = CY_SHUF8(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);                    \
+        cy_v8f t7 = CY_SHUF8(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);                  \
+        cy_v8f s0 = CY_SHUF8(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s1 = CY_SHUF8(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        cy_v8f s2 = CY_SHUF8(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s3 = CY_SHUF8(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        cy_v8f s4 = CY_SHUF8(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s5 = CY_SHUF8(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        cy_v8f s6 = CY_SHUF8(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);                        \
+        cy_v8f s7 = CY_SHUF8(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);                      \
+        o[0] = CY_SHUF8(s0, s4, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[4] = CY_SHUF8(s0, s4, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        o[1] = CY_SHUF8(s1, s5, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[5] = CY_SHUF8(s1, s5, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        o[2] = CY_SHUF8(s2, s6, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[6] = CY_SHUF8(s2, s6, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        o[3] = CY_SHUF8(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);                             \
+        o[7] = CY_SHUF8(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+    } while (0)
+#define CY_TRANSPOSE4(r, o)                                                            \
+    do {                                                                               \
+        cy_v4d t0 = CY_SHUF4(r[0], r[1], 0, 4, 2, 6);                                  \
+        cy_v4d t1 = CY_SHUF4(r[0], r[1], 1, 5, 3, 7);                                  \
+        cy_v4d t2 = CY_SHUF4(r[2], r[3], 0, 4, 2, 6);                                  \
+        cy_v4d t3 = CY_SHUF4(r[2], r[3], 1, 5, 3, 7);                                  \
+        o[0] = CY_SHUF4(t0, t2, 0, 1, 4, 5);                                           \
+        o[2] = CY_SHUF4(t0, t2, 2, 3, 6, 7);                                           \
+        o[1] = CY_SHUF4(t1, t3, 0, 1, 4, 5);                                           \
+        o[3] = CY_SHUF4(t1, t3, 2, 3, 6, 7);                                           \
+    } while (0)
+
+#define CY_WINO_PACK(S, T, V, L, TRANSPOSE)                                            \
+static int cy_win_pack_##S(const T *src, Py_ssize_t cs, int n, Py_ssize_t W, T *dst,   \
+                           Py_ssize_t ds)                                              \
+{                                                                                      \
+    V z = {0}, r[L], o[L];                                                             \
+    Py_ssize_t i;                                                                      \
+    int c, bad = 0;                                                                    \
+    for (c = n; c < L; c++)                                                            \
+        r[c] = (V){0};                                                                 \
+    for (i = 0; i + L <= W; i += L) {                                                  \
+        for (c = 0; c < n; c++) {                                                      \
+            r[c] = *(const V *)(src + c * cs + i);                                     \
+            z += r[c] - r[c];                                                          \
+        }                                                                              \
+        TRANSPOSE(r, o);                                                               \
+        for (c = 0; c < L; c++)                                                        \
+            *(V *)(dst + (i + c) * ds) = o[c];                                         \
+    }                                                                                  \
+    for (; i < W; i++)                                                                 \
+        for (c = 0; c < L; c++) {                                                      \
+            T v = c < n ? src[c * cs + i] : (T)0;                                      \
+            dst[i * ds + c] = v;                                                       \
+            bad |= v - v != 0;                                                         \
+        }                                                                              \
+    for (c = 0; c < L; c++)                                                            \
+        bad |= z[c] != 0;                                                              \
+    return bad;                                                                        \
+}
+
+/* cy_win_rows4_<S>: nr output rows of 4 pixels for all L channels of a block (o[i][j]:
+ * row i, pixel j, one lane per channel), bias added, transposed in registers and stored
+ * as 4-pixel runs y[k * ks + i * ys + 0..3]; returns 1 (0: not handled). */
+static inline __attribute__((always_inline)) int
+cy_win_rows4_f(const cy_v8f *o, int nr, float *y, Py_ssize_t ks, Py_ssize_t ys,
+               const float *bias)
+{
+    cy_v8f b = {0}, r[8], t[8];
+    int i, k;
+    if (bias)
+        b = *(const cy_v8f *)bias;
+    for (i = 0; i < nr; i++) {
+        for (k = 0; k < 4; k++) {
+            r[k] = o[i * 4 + k] + b;
+            r[k + 4] = r[k];
+        }
+        CY_TRANSPOSE8(r, t);
+        for (k = 0; k < 8; k++)
+            __builtin_memcpy(y + k * ks + i * ys, &t[k], 4 * sizeof(float));
+    }
+    return 1;
+}
+static inline __attribute__((always_inline)) int
+cy_win_rows4_d(const cy_v4d *o, int nr, double *y, Py_ssize_t ks, Py_ssize_t ys,
+               const double *bias)
+{
+    cy_v4d b = {0}, r[4], t[4];
+    int i, k;
+    if (bias)
+        b = *(const cy_v4d *)bias;
+    for (i = 0; i < nr; i++) {
+        for (k = 0; k < 4; k++)
+            r[k] = o[i * 4 + k] + b;
+        CY_TRANSPOSE4(r, t);
+        for (k = 0; k < 4; k++)
+            *(cy_v4d *)(y + k * ks + i * ys) = t[k];
+    }
+    return 1;
+}
+
 /* One tile size: A inputs, MO outputs per axis, AH rows (A, or 1 for 1-D). */
 #define CY_WINO_TILE(S, T, V, L, A, MO, AH)                                            \
 static inline __attribute__((always_inline)) void                                      \
@@ -90,10 +202,17 @@ cy_win_in_##S##_##A##_##AH(const T *src, Py_ssize_t rs, Py_ssize_t ps, Py_ssize_
 {                                                                                      \
     V d[AH][A], t[AH][A];                                                              \
     int i, j;                                                                          \
-    for (i = 0; i < AH; i++)                                                           \
-        for (j = 0; j < A; j++)                                                        \
-            d[i][j] = (i >= r0 && i < r1 && j >= c0 && j < c1)                         \
-                ? *(const V *)(src + (hoff + i) * rs + (woff + j) * ps) : (V){0};      \
+    if (r0 == 0 && r1 == AH && c0 == 0 && c1 == A) {   /* interior: no test */       \
+        const T *s_ = src + hoff * rs + woff * ps;                                     \
+        for (i = 0; i < AH; i++)                                                       \
+            for (j = 0; j < A; j++)                                                    \
+                d[i][j] = *(const V *)(s_ + i * rs + j * ps);                          \
+    } else {                                                                           \
+        for (i = 0; i < AH; i++)                                                       \
+            for (j = 0; j < A; j++)                                                    \
+                d[i][j] = (i >= r0 && i < r1 && j >= c0 && j < c1)                     \
+                    ? *(const V *)(src + (hoff + i) * rs + (woff + j) * ps) : (V){0};  \
+    }                                                                                  \
     if (AH > 1) {                                                                      \
         for (j = 0; j < A; j++)                                                        \
             cy_wbt##A##_##S(&d[0][j], A, &t[0][j], A);                                  \
@@ -126,11 +245,13 @@ cy_win_out_##S##_##A##_##AH(const T *m, Py_ssize_t ms, T *y, Py_ssize_t ks,     
         for (j = 0; j < A; j++)                                                        \
             t[0][j] = a[0][j];                                                         \
     }                                                                                  \
-    for (i = 0; i < MH; i++) {                                                         \
+    for (i = 0; i < MH; i++)                                                           \
         cy_wat##A##_##S(&t[i][0], 1, &o[i][0], 1);                                      \
+    if (MO == 4 && nc == 4 && nk == L && cy_win_rows4_##S(&o[0][0], nr, y, ks, ys, bias)) \
+        return;                                                                        \
+    for (i = 0; i < MH; i++)                                                           \
         for (j = 0; j < MO; j++)                                                       \
             *(V *)tile[i][j] = o[i][j];                                                \
-    }                                                                                  \
     for (k = 0; k < nk; k++) {                                                         \
         T bv = bias ? bias[k] : (T)0;                                                  \
         T *yk = y + k * ks;                                                            \
@@ -273,78 +394,6 @@ CY_WGEMM(f, float, cy_v8f, 8)
 CY_WGEMM_NB(d, double, cy_v4d, 4, cy_wbc_d, 1)
 CY_WGEMM_NB(d, double, cy_v4d, 4, cy_wbc_d, 2)
 CY_WGEMM(d, double, cy_v4d, 4)
-
-/* cy_win_pack_<S>: one row of W pixels of n (<= L) channels, channels last:
- * dst[i * ds + c] = src[c * cs + i] for c < n, 0 for n <= c < L; returns nonzero when a
- * copied value is NaN or Inf.  L x L blocks are transposed in registers (three rounds of
- * lane shuffles, as _MM_TRANSPOSE8_PS would), the check riding along as v - v sums. */
-#define CY_TRANSPOSE8(r, o)                                                            \
-    do {                                                                               \
-        cy_v8f t0 = CY_SHUF8(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t1 = CY_SHUF8(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f t2 = CY_SHUF8(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t3 = CY_SHUF8(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f t4 = CY_SHUF8(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t5 = CY_SHUF8(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f t6 = CY_SHUF8(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t7 = CY_SHUF8(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f s0 = CY_SHUF8(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s1 = CY_SHUF8(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        cy_v8f s2 = CY_SHUF8(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s3 = CY_SHUF8(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        cy_v8f s4 = CY_SHUF8(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s5 = CY_SHUF8(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        cy_v8f s6 = CY_SHUF8(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s7 = CY_SHUF8(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        o[0] = CY_SHUF8(s0, s4, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[4] = CY_SHUF8(s0, s4, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-        o[1] = CY_SHUF8(s1, s5, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[5] = CY_SHUF8(s1, s5, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-        o[2] = CY_SHUF8(s2, s6, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[6] = CY_SHUF8(s2, s6, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-        o[3] = CY_SHUF8(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[7] = CY_SHUF8(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-    } while (0)
-#define CY_TRANSPOSE4(r, o)                                                            \
-    do {                                                                               \
-        cy_v4d t0 = CY_SHUF4(r[0], r[1], 0, 4, 2, 6);                                  \
-        cy_v4d t1 = CY_SHUF4(r[0], r[1], 1, 5, 3, 7);                                  \
-        cy_v4d t2 = CY_SHUF4(r[2], r[3], 0, 4, 2, 6);                                  \
-        cy_v4d t3 = CY_SHUF4(r[2], r[3], 1, 5, 3, 7);                                  \
-        o[0] = CY_SHUF4(t0, t2, 0, 1, 4, 5);                                           \
-        o[2] = CY_SHUF4(t0, t2, 2, 3, 6, 7);                                           \
-        o[1] = CY_SHUF4(t1, t3, 0, 1, 4, 5);                                           \
-        o[3] = CY_SHUF4(t1, t3, 2, 3, 6, 7);                                           \
-    } while (0)
-
-#define CY_WINO_PACK(S, T, V, L, TRANSPOSE)                                            \
-static int cy_win_pack_##S(const T *src, Py_ssize_t cs, int n, Py_ssize_t W, T *dst,   \
-                           Py_ssize_t ds)                                              \
-{                                                                                      \
-    V z = {0}, r[L], o[L];                                                             \
-    Py_ssize_t i;                                                                      \
-    int c, bad = 0;                                                                    \
-    for (c = n; c < L; c++)                                                            \
-        r[c] = (V){0};                                                                 \
-    for (i = 0; i + L <= W; i += L) {                                                  \
-        for (c = 0; c < n; c++) {                                                      \
-            r[c] = *(const V *)(src + c * cs + i);                                     \
-            z += r[c] - r[c];                                                          \
-        }                                                                              \
-        TRANSPOSE(r, o);                                                               \
-        for (c = 0; c < L; c++)                                                        \
-            *(V *)(dst + (i + c) * ds) = o[c];                                         \
-    }                                                                                  \
-    for (; i < W; i++)                                                                 \
-        for (c = 0; c < L; c++) {                                                      \
-            T v = c < n ? src[c * cs + i] : (T)0;                                      \
-            dst[i * ds + c] = v;                                                       \
-            bad |= v - v != 0;                                                         \
-        }                                                                              \
-    for (c = 0; c < L; c++)                                                            \
-        bad |= z[c] != 0;                                                              \
-    return bad;                                                                        \
-}
 
 CY_WINO_PACK(f, float, cy_v8f, 8, CY_TRANSPOSE8)
 CY_WINO_PACK(d, double, cy_v4d, 4, CY_TRANSPOSE4)

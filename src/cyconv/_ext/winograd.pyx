@@ -43,6 +43,7 @@ from cyconv._ext._finite cimport all_finite_n
 
 
 cdef extern from "_winograd.h" nogil:
+    void cy_prefetchw(const void* p)
     void cy_win_in_f(int A, int AH, const float* src, Py_ssize_t rs, Py_ssize_t ps,
                      Py_ssize_t hoff, Py_ssize_t woff, int r0, int r1, int c0, int c1,
                      float* out, Py_ssize_t vs)
@@ -69,11 +70,12 @@ cdef Py_ssize_t BLOCK_BYTES = 393216
 #: tiles per block: at most, and the fewest a tight workspace limit may cut down to
 cdef Py_ssize_t T_MAX = 96
 cdef Py_ssize_t T_MIN = 4
+cdef Py_ssize_t MIN_BLOCKS = 8
 
 
-def _tune(block_bytes, t_max):
-    global BLOCK_BYTES, T_MAX
-    BLOCK_BYTES, T_MAX = block_bytes, t_max
+def _tune(block_bytes, t_max, min_blocks):
+    global BLOCK_BYTES, T_MAX, MIN_BLOCKS
+    BLOCK_BYTES, T_MAX, MIN_BLOCKS = block_bytes, t_max, min_blocks
 
 
 cdef struct Wino:
@@ -133,7 +135,7 @@ cdef Py_ssize_t _layout(Wino* q, const Geom* g, Py_ssize_t N, Py_ssize_t itemsiz
     T = _max(T_MIN, _min(T_MAX, BLOCK_BYTES // (per_tile * itemsize)))
     # enough blocks for the threads where the layer is small (not counting them: T, and
     # so the result, does not depend on the thread count)
-    T = _max(T_MIN, _min(T, _cdiv(tiles, 8)))
+    T = _max(T_MIN, _min(T, _cdiv(tiles, MIN_BLOCKS)))
     while T > T_MIN and (u + nt * T * per_tile + small) * itemsize > limit:
         T = _max(T_MIN, T // 2)
     if (u + nt * T * per_tile + small) * itemsize > limit:
@@ -181,56 +183,79 @@ cdef inline Py_ssize_t _u_index(Py_ssize_t p, Py_ssize_t r, Py_ssize_t k,
 
 
 cdef Py_ssize_t _transform_channel(const floating* w, floating* U, Py_ssize_t c,
-                                   bint flip, const Geom* g, const Wino* q) noexcept nogil:
-    """U[.][kd*Cp + c][.] for one input channel c (see _transform_weights); returns the
-    count of non-finite weights read."""
-    cdef const double* G = &G2[0]
-    cdef Py_ssize_t k, kd, i, j, a, b, t, KK = g.KK, bad = 0
-    cdef double gk[3][3]
-    cdef double tmp[6][3]
-    cdef double s
-    cdef const floating* src
-    if q.A == 6:
-        G = &G4[0]
+                                   bint flip, double* buf, const Geom* g,
+                                   const Wino* q) noexcept nogil:
+    """U[.][kd*Cp + c][.] for one input channel c (see _transform_weights), the loops
+    over output channels innermost (so they vectorise); buf holds (9 + 3A + A) * Kp
+    doubles.  Returns the count of non-finite weights read."""
+    cdef const double* G = &G4[0] if q.A == 6 else &G2[0]
+    cdef Py_ssize_t k, kd, i, j, a, b, t, KK = g.KK, Kp = q.Kp, K = g.C_col, L2 = 2 * q.L
+    cdef Py_ssize_t bad = 0, pw, base, kk
+    cdef double* gk = buf                      # gk[i*3 + j][k]: the 3x3 kernel of (k, c)
+    cdef double* tmp = buf + 9 * Kp            # tmp[a*3 + j][k] = (G gk)[a][j]
+    cdef double* u = tmp + 3 * q.A * Kp        # u[b][k] = (G gk G^T)[a][b], one row a
+    cdef double v, g0, g1, g2
     for kd in range(g.KD):
-        for k in range(g.C_col):
+        for i in range(9 * Kp):
+            gk[i] = 0
+        for k in range(K if c < g.C_img else 0):   # padded channels: rows of zeros
             for i in range(3):
+                if g.KH == 1 and i != 1:        # 1-D: the kernel is the middle row
+                    continue
                 for j in range(3):
-                    if g.KH == 1 and i != 1:        # 1-D: the kernel is the middle row
-                        gk[i][j] = 0
-                        continue
                     t = (kd * g.KH + (i if g.KH == 3 else 0)) * g.KW + j
                     if flip:
-                        src = w + (c * g.C_col + k) * KK + KK - 1 - t
+                        v = w[(c * K + k) * KK + KK - 1 - t]
                     else:
-                        src = w + (k * g.C_img + c) * KK + t
-                    gk[i][j] = src[0]
-                    bad += gk[i][j] - gk[i][j] != 0
-            # tmp = G gk (A x 3), then U = tmp G^T (AH x A; 1-D: G times the middle row)
-            for a in range(q.A):
-                for j in range(3):
-                    tmp[a][j] = (G[3 * a] * gk[0][j] + G[3 * a + 1] * gk[1][j]
-                                 + G[3 * a + 2] * gk[2][j])
-            for a in range(q.AH):
-                for b in range(q.A):
-                    if q.AH == 1:
-                        s = G[3 * b] * gk[1][0] + G[3 * b + 1] * gk[1][1] + G[3 * b + 2] * gk[1][2]
-                    else:
-                        s = tmp[a][0] * G[3 * b] + tmp[a][1] * G[3 * b + 1] + tmp[a][2] * G[3 * b + 2]
-                    U[_u_index(a * q.A + b, kd * q.Cp + c, k, q)] = <floating> s
+                        v = w[(k * g.C_img + c) * KK + t]
+                    gk[(i * 3 + j) * Kp + k] = v
+                    bad += v - v != 0
+        for a in range(q.A):
+            g0, g1, g2 = G[3 * a], G[3 * a + 1], G[3 * a + 2]
+            for j in range(3):
+                for k in range(Kp):
+                    tmp[(a * 3 + j) * Kp + k] = (g0 * gk[j * Kp + k] + g1 * gk[(3 + j) * Kp + k]
+                                                 + g2 * gk[(6 + j) * Kp + k])
+        for a in range(q.AH):
+            for b in range(q.A):
+                g0, g1, g2 = G[3 * b], G[3 * b + 1], G[3 * b + 2]
+                if q.AH == 1:                   # 1-D: G times the middle kernel row
+                    for k in range(Kp):
+                        u[k] = g0 * gk[3 * Kp + k] + g1 * gk[4 * Kp + k] + g2 * gk[5 * Kp + k]
+                else:
+                    for k in range(Kp):
+                        u[k] = (tmp[(a * 3) * Kp + k] * g0 + tmp[(a * 3 + 1) * Kp + k] * g1
+                                + tmp[(a * 3 + 2) * Kp + k] * g2)
+                # row kd*Cp + c of position a*A + b, panel by panel (see _u_index)
+                for j in range(_cdiv(Kp, L2)):
+                    pw = _min(L2, Kp - j * L2)
+                    base = ((a * q.A + b) * q.Cr * Kp + j * L2 * q.Cr
+                            + (kd * q.Cp + c) * pw - j * L2)
+                    for kk in range(j * L2, j * L2 + pw):
+                        U[base + kk] = <floating> u[kk]
+                    # the next channel's row of this panel: fetched while this one is
+                    # computed (U is written once, row by row, in 36 * Kp / 2L streams)
+                    cy_prefetchw(U + base + j * L2 + pw)
     return bad
 
 
-cdef bint _transform_weights(const floating* w, floating* U, bint flip, Py_ssize_t n_threads,
-                             const Geom* g, const Wino* q) noexcept nogil:
+cdef int _transform_weights(const floating* w, floating* U, bint flip, Py_ssize_t n_threads,
+                            const Geom* g, const Wino* q) noexcept nogil:
     """U[p][kd*Cp + c][k] = (G w[k, c, kd] G^T)[p] (stored by _u_index), computed in
     double; zero for padded channels.  flip: w is the (C_img, C_col * KK) weight of the
     convolution whose input gradient this is, read as w'[k, c, t] = w[c, k, KK - 1 - t].
-    Returns whether every weight is finite."""
+    Returns whether every weight is finite, or -1 if out of memory."""
     cdef Py_ssize_t c, bad = 0
-    memset(U, 0, q.P * q.Cr * q.Kp * sizeof(floating))
-    for c in prange(g.C_img, num_threads=n_threads, schedule="static"):
-        bad += _transform_channel(w, U, c, flip, g, q)
+    cdef Py_ssize_t per = (9 + 3 * q.A + q.A) * q.Kp
+    cdef double* bufs = <double*> malloc(_max(1, n_threads) * per * sizeof(double))
+    cdef double* buf
+    if bufs == NULL:
+        return -1
+    with parallel(num_threads=n_threads if g.C_img > 1 else 1):
+        buf = bufs + threadid() * per
+        for c in prange(q.Cp, schedule="static"):
+            bad += _transform_channel(w, U, c, flip, buf, g, q)
+    free(bufs)
     return bad == 0
 
 
@@ -384,6 +409,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef const floating* bias = &b[0] if b.shape[0] > 0 else NULL
     cdef Chunk ch
     cdef bint ok = True
+    cdef int wt
     if total < 0:
         raise ValueError("cyconv: the workspace limit is too small for this Winograd layer")
     if N == 0:
@@ -395,7 +421,11 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
         scratch = _alloc(nt * per, <floating> 0)
         xs = _alloc(slab, <floating> 0)
         with nogil:
-            ok = _transform_weights(&w[0, 0], U, flip, n_threads, &g, &q)
+            wt = _transform_weights(&w[0, 0], U, flip, n_threads, &g, &q)
+        if wt < 0:
+            raise MemoryError("cyconv: could not allocate the Winograd weight buffers")
+        ok = wt == 1
+        with nogil:
             if q.NC:
                 ch.od0, ch.nod, ch.tr0, ch.ntr = 0, g.OD, 0, q.TH
                 ch.dlo, ch.nd, ch.hlo, ch.nh = 0, g.D, 0, g.H
