@@ -29,6 +29,12 @@ input gradient (image side from column side; a transposed convolution's forward)
   Every direct variant falls back to ``im2col`` for NaN/Inf weights: the direct kernels
   add ``w * 0`` for padded outputs, which is NaN there.
 weight gradient: ``direct``, ``im2col``.
+Winograd (``winograd.pyx``; dense 3-tap, unit-stride, undilated layers): forward
+  ``winograd_f4`` / ``winograd_f2`` (F(4x4,3x3) / F(2x2,3x3), see :func:`winograd_tile`),
+  input gradient ``winograd_f4_flipped`` / ``winograd_f2_flipped`` (the same kernel on gy
+  with flipped, transposed weights).  NaN or Inf in the weights *or the input* fall back
+  to ``im2col`` (the transforms would spread them over whole tiles); the weight gradient
+  has no Winograd kernel (``algorithm='winograd'`` runs 'auto's weight-gradient kernel).
 
 Kernels (GPU): ``im2col`` (cuBLAS GEMMs on chunks of columns within the workspace limit;
 ``direct`` when an allocation fails) and ``direct``.
@@ -90,7 +96,8 @@ class Plan:
                  f"  workspace up to {self.workspace_bytes:,} bytes",
                  f"  why: {self.reason}"]
         if self.nonfinite is not None:
-            lines.append(f"  NaN/Inf weights: {self.nonfinite.kernel} "
+            what = "weights or input" if self.algorithm == "winograd" else "weights"
+            lines.append(f"  NaN/Inf {what}: {self.nonfinite.kernel} "
                          f"({self.nonfinite.reason})")
         return "\n".join(lines)
 
@@ -218,6 +225,34 @@ def input_grad_phases(p: ConvParams):
     return None if any(a is None for a in axes) else axes
 
 
+def winograd_applies(p: ConvParams) -> bool:
+    """A layer ``algorithm='winograd'`` accepts (:func:`cyconv._params.check_winograd`)."""
+    return (p.G == 1 and all(k == 3 for k in p.kernel_size)
+            and all(s == 1 for s in p.stride) and all(d == 1 for d in p.dilation))
+
+
+def winograd_tile(p: ConvParams, direction: str) -> int:
+    """Outputs per tile side: 4 (F(4x4,3x3): 2.25 multiplies per output instead of 9)
+    or 2 (F(2x2,3x3): 4 per output) where 4 x 4 tiles would waste much of their work on
+    a small plane: the output plane (the image side for an input gradient) is under 8
+    along an axis, and rounding it up to whole 4-wide tiles pads it by more than 2-wide
+    tiles would (``benchmarks/results/winograd-2threads.md``)."""
+    size = p.col_size if direction == "forward" else p.img_size
+    if any(o < 8 and -(-o // 4) * 4 > -(-o // 2) * 2 for o in size):
+        return 2
+    return 4
+
+
+def winograd_workspace(p: ConvParams, tile: int, direction: str, itemsize: int,
+                       n_threads: int) -> int:
+    """Scratch bytes of a Winograd call (transformed weights, per-thread tile buffers,
+    the channels-last input slab), or -1 when it cannot fit the workspace limit."""
+    from ._ext import kernels
+    geom = p.geometry() if direction == "forward" else input_grad_as_forward(p)
+    return int(kernels("winograd").workspace_bytes(geom, p.N, itemsize, n_threads,
+                                                   _runtime.get_workspace_limit(), tile))
+
+
 def is_pointwise(p: ConvParams) -> bool:
     """1x1 kernel, stride 1, no padding: the image *is* the column matrix."""
     return (all(k == 1 for k in p.kernel_size) and all(s == 1 for s in p.stride)
@@ -239,7 +274,7 @@ def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: in
 
 
 def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
-                device: str = "cpu", isa: str | None = None) -> tuple:
+                device: str = "cpu", isa: str | None = None, winograd: bool = True) -> tuple:
     """``(algorithm, why)`` of ``algorithm='auto'``: a pure function of its arguments.
 
     Direct loops win where a GEMM has too little to reuse: depthwise and thin groups
@@ -247,7 +282,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
     matrix would have very few rows.  On the CPU the channel-blocked direct kernel also
     wins most dense layers with 3+ taps (:func:`_blocked_wins`) and the per-tap dot
     products thin weight gradients (:func:`_direct_wgrad_wins`).  Everything else goes
-    to im2col + BLAS.  The measurements behind each rule are in ``benchmarks/results/``.
+    to im2col + BLAS.  Dense 3x3 layers with enough channels go to Winograd
+    (:func:`_winograd_wins`; ``winograd=False`` leaves it out).  The measurements behind
+    each rule are in ``benchmarks/results/``.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}")
@@ -263,6 +300,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
     if p.gemm_k < 8:
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
     if device == "cpu" and isa == "avx2":
+        if winograd and _winograd_wins(p, direction, itemsize):
+            return "winograd", (f"dense 3x3, unit stride, {min(p.img_channels, p.col_channels)}"
+                                f"+ channels: Winograd's fewer multiplies win")
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
                               "channel-blocked kernel beats im2col + GEMM")
@@ -280,6 +320,25 @@ def _direct_wgrad_wins(p: ConvParams) -> bool:
     kg = p.col_channels // p.G
     taps = math.prod(p.kernel_size)
     return kg <= 16 or (kg <= 32 and taps >= 27)
+
+
+#: the fewest input and output channels for which 'auto' picks Winograd (AVX2)
+WINOGRAD_MIN_CHANNELS = 16
+
+
+def _winograd_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
+    """Dense 2-D 3x3 layers where Winograd beats the channel-blocked direct kernel (AVX2),
+    forward and input gradient: at least :data:`WINOGRAD_MIN_CHANNELS` input and output
+    channels (below that the tile transforms cost more than the multiplies they save)
+    and an output plane of at least 4 x 4 (below it a tile is mostly padding).
+    ``benchmarks/results/winograd-2threads.md`` has the measurements (ResNet, VGG,
+    U-Net, CIFAR and batch-1 layers).
+    """
+    if direction == "backward_weight" or p.nd != 2 or not winograd_applies(p):
+        return False
+    size = p.col_size if direction == "forward" else p.img_size
+    return (min(p.img_channels, p.col_channels) >= WINOGRAD_MIN_CHANNELS
+            and min(size) >= 4)
 
 
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
@@ -343,9 +402,11 @@ def make_plan(op: str, p: ConvParams, conv_direction: str, dtype, algorithm: str
                   out_shape=out, device=device, dtype=dtype.name,
                   conv_direction=conv_direction, params=p)
     if device == "cpu":
-        kernel, why, nonfinite = _cpu_kernel(p, conv_direction, alg, why, dtype.itemsize)
+        alg, kernel, why, nonfinite = _cpu_kernel(p, conv_direction, alg, why,
+                                                  dtype.itemsize, n_threads, isa)
     else:
-        kernel, why, nonfinite = _gpu_kernel(p, conv_direction, alg, why, dtype.itemsize)
+        alg, kernel, why, nonfinite = _gpu_kernel(p, conv_direction, alg, why,
+                                                  dtype.itemsize)
     fallback = None
     if nonfinite is not None:
         k2, why2 = nonfinite
@@ -364,10 +425,34 @@ def make_plan(op: str, p: ConvParams, conv_direction: str, dtype, algorithm: str
 
 _NONFINITE_WHY = ("NaN/Inf weights: the direct kernels add w * 0 for padded outputs, "
                   "which would put NaN where the exact sum has no such term")
+_WINOGRAD_NONFINITE_WHY = ("NaN/Inf weights or input: Winograd's transforms would spread "
+                           "them over whole tiles; im2col puts them where the exact sum does")
 
 
-def _cpu_kernel(p, direction, alg, why, itemsize):
-    """(kernel, reason, (nonfinite kernel, reason) or None) on the CPU."""
+def _cpu_kernel(p, direction, alg, why, itemsize, n_threads=1, isa=None):
+    """(algorithm, kernel, reason, (nonfinite kernel, reason) or None) on the CPU."""
+    if alg == "winograd":
+        if direction == "backward_weight":
+            alg, why2 = auto_choice(p, direction, itemsize, n_threads, "cpu", isa, False)
+            why += f"; the weight gradient has no Winograd kernel, so {why2}"
+        else:
+            tile = winograd_tile(p, direction)
+            if winograd_workspace(p, tile, direction, itemsize, n_threads) >= 0:
+                if direction == "forward":
+                    return ("winograd", f"winograd_f{tile}",
+                            why + f"; F({tile}x{tile},3x3) tiles", (
+                                "im2col", _WINOGRAD_NONFINITE_WHY))
+                return ("winograd", f"winograd_f{tile}_flipped",
+                        why + f"; F({tile}x{tile},3x3) tiles of gy with flipped weights",
+                        ("im2col", _WINOGRAD_NONFINITE_WHY))
+            alg, why2 = auto_choice(p, direction, itemsize, n_threads, "cpu", isa, False)
+            why += (f"; the workspace limit cannot hold Winograd's transformed weights and "
+                    f"tile buffers, so {why2}")
+    return (alg,) + _cpu_direct_or_im2col(p, direction, alg, why, itemsize)
+
+
+def _cpu_direct_or_im2col(p, direction, alg, why, itemsize):
+    """(kernel, reason, (nonfinite kernel, reason) or None) for 'direct' or 'im2col'."""
     if alg == "direct" and staging_too_big(p):
         why += ("; padding or dilation too wide for the direct kernels' staging planes: "
                 "im2col instead")
@@ -403,11 +488,13 @@ def _cpu_kernel(p, direction, alg, why, itemsize):
 
 
 def _gpu_kernel(p, direction, alg, why, itemsize):
-    """(kernel, reason, None) on the GPU."""
+    """(algorithm, kernel, reason, None) on the GPU."""
     if alg == "direct":
-        return "direct", why, None
-    return "im2col", why + ("; direct when one sample's columns exceed the GPU workspace "
-                            "limit or an allocation fails"), None
+        return "direct", "direct", why, None
+    if alg == "winograd":
+        why += "; the GPU has no Winograd kernel yet: im2col + cuBLAS"
+    return "im2col", "im2col", why + ("; direct when one sample's columns exceed the GPU "
+                                      "workspace limit or an allocation fails"), None
 
 
 def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
@@ -418,6 +505,9 @@ def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
         from . import _gpu
         return _gpu.get_workspace_limit()
     limit = _runtime.get_workspace_limit()
+    if kernel.startswith("winograd"):
+        tile = int(kernel[len("winograd_f")])
+        return winograd_workspace(p, tile, direction, itemsize, n_threads)
     if kernel in ("im2col_pointwise",):
         return 0
     if kernel == "im2col_taps":
