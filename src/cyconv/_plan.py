@@ -231,16 +231,30 @@ def winograd_applies(p: ConvParams) -> bool:
             and all(s == 1 for s in p.stride) and all(d == 1 for d in p.dilation))
 
 
+#: the fewest F(4x4,3x3) tiles per call for which F(4x4) is used, and the fewest tiles
+#: (of the chosen size) for which 'auto' picks Winograd: each call transforms every
+#: weight into 36 (or 16) positions, which only pays over this many tiles
+WINOGRAD_MIN_TILES = 128
+
+
+def winograd_tiles(p: ConvParams, direction: str, tile: int) -> int:
+    """Tiles of one call: per sample (and output depth), ceil(H/m) x ceil(W/m) of the
+    output plane (the image side for an input gradient); 1-D rows are 1 x m."""
+    size = p.col_size if direction == "forward" else p.img_size
+    n = p.N
+    for i, o in enumerate(size):
+        n *= o if (p.nd == 3 and i == 0) else -(-o // tile)
+    return n
+
+
 def winograd_tile(p: ConvParams, direction: str) -> int:
     """Outputs per tile side: 4 (F(4x4,3x3): 2.25 multiplies per output instead of 9)
-    or 2 (F(2x2,3x3): 4 per output) where 4 x 4 tiles would waste much of their work on
-    a small plane: the output plane (the image side for an input gradient) is under 8
-    along an axis, and rounding it up to whole 4-wide tiles pads it by more than 2-wide
-    tiles would (``benchmarks/results/winograd-2threads.md``)."""
-    size = p.col_size if direction == "forward" else p.img_size
-    if any(o < 8 and -(-o // 4) * 4 > -(-o // 2) * 2 for o in size):
-        return 2
-    return 4
+    where the call has at least :data:`WINOGRAD_MIN_TILES` such tiles, else 2
+    (F(2x2,3x3): 4 per output, but 16 transformed weights per pair of channels instead
+    of 36, and less padding on small planes): with few tiles, transforming the weights
+    dominates (ResNet 512 channels at 7x7, batch 8, 1 thread: F(4x4) 20 GFLOP/s,
+    F(2x2) 44; ``benchmarks/results/winograd-2threads.md``)."""
+    return 4 if winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES else 2
 
 
 def winograd_workspace(p: ConvParams, tile: int, direction: str, itemsize: int,
@@ -301,8 +315,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
     if device == "cpu" and isa == "avx2":
         if winograd and _winograd_wins(p, direction, itemsize):
-            return "winograd", (f"dense 3x3, unit stride, {min(p.img_channels, p.col_channels)}"
-                                f"+ channels: Winograd's fewer multiplies win")
+            return "winograd", (f"dense 3x3, unit stride, {WINOGRAD_MIN_CHANNELS}+ channels "
+                                f"and {WINOGRAD_MIN_TILES}+ tiles: Winograd's fewer "
+                                f"multiplies outweigh its transforms")
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
                               "channel-blocked kernel beats im2col + GEMM")
@@ -323,22 +338,23 @@ def _direct_wgrad_wins(p: ConvParams) -> bool:
 
 
 #: the fewest input and output channels for which 'auto' picks Winograd (AVX2)
-WINOGRAD_MIN_CHANNELS = 16
+WINOGRAD_MIN_CHANNELS = 8
 
 
 def _winograd_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     """Dense 2-D 3x3 layers where Winograd beats the channel-blocked direct kernel (AVX2),
     forward and input gradient: at least :data:`WINOGRAD_MIN_CHANNELS` input and output
-    channels (below that the tile transforms cost more than the multiplies they save)
-    and an output plane of at least 4 x 4 (below it a tile is mostly padding).
+    channels (fewer leave the tile transforms nothing to amortise over) and at least
+    :data:`WINOGRAD_MIN_TILES` tiles (fewer leave the weight transform nothing to
+    amortise over: ResNet's 7x7 planes at batch 1, 4x4 and smaller planes).
     ``benchmarks/results/winograd-2threads.md`` has the measurements (ResNet, VGG,
     U-Net, CIFAR and batch-1 layers).
     """
     if direction == "backward_weight" or p.nd != 2 or not winograd_applies(p):
         return False
-    size = p.col_size if direction == "forward" else p.img_size
     return (min(p.img_channels, p.col_channels) >= WINOGRAD_MIN_CHANNELS
-            and min(size) >= 4)
+            and winograd_tiles(p, direction, winograd_tile(p, direction))
+            >= WINOGRAD_MIN_TILES)
 
 
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
