@@ -282,9 +282,11 @@ def taps_as_gemms(p: ConvParams) -> bool:
 # -- 'auto' ---------------------------------------------------------------------------------
 
 def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: int,
-                     device: str = "cpu", isa: str | None = None) -> str:
-    """'im2col' or 'direct' for one op in conv view (see :func:`auto_choice`)."""
-    return auto_choice(p, direction, itemsize, n_threads, device, isa)[0]
+                     device: str = "cpu", isa: str | None = None,
+                     winograd: bool = True) -> str:
+    """'im2col', 'direct' or 'winograd' for one op in conv view (see
+    :func:`auto_choice`)."""
+    return auto_choice(p, direction, itemsize, n_threads, device, isa, winograd)[0]
 
 
 def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
