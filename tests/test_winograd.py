@@ -304,14 +304,17 @@ def test_gpu_plan_names_im2col():
 @pytest.mark.parametrize("x_shape, w_shape, direction, expected", [
     ((8, 64, 56, 56), (64, 64, 3, 3), "forward", "winograd"),
     ((8, 256, 14, 14), (256, 256, 3, 3), "input", "winograd"),
-    ((8, 512, 7, 7), (512, 512, 3, 3), "forward", "winograd"),       # F(2x2): 128 tiles
+    ((2, 32, 16, 32, 32), (32, 32, 3, 3, 3), "forward", "winograd"),  # 3-D
+    ((16, 64, 4096), (64, 64, 3), "input", "winograd"),               # 1-D
+    ((8, 512, 7, 7), (512, 512, 3, 3), "forward", None),             # 32 F(4x4) tiles
     ((1, 512, 7, 7), (512, 512, 3, 3), "forward", None),             # 16 tiles
     ((8, 64, 4, 4), (64, 64, 3, 3), "forward", None),                # 32 tiles
     ((32, 4, 32, 32), (4, 4, 3, 3), "forward", None),                # 4 channels
     ((8, 64, 56, 56), (64, 64, 3, 3), "weight", None),
 ])
 def test_auto_picks_winograd_for_dense_3x3(x_shape, w_shape, direction, expected):
-    plan = cyconv.plan("conv2d", x_shape, w_shape, direction=direction, padding=1)
+    plan = cyconv.plan(f"conv{len(x_shape) - 2}d", x_shape, w_shape, direction=direction,
+                       padding=1)
     if expected:
         assert plan.algorithm == expected, str(plan)
     else:

@@ -317,8 +317,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
     if device == "cpu" and isa == "avx2":
         if winograd and _winograd_wins(p, direction, itemsize):
-            return "winograd", (f"dense 3x3, unit stride, {WINOGRAD_MIN_CHANNELS}+ channels "
-                                f"and {WINOGRAD_MIN_TILES}+ tiles: Winograd's fewer "
+            return "winograd", (f"dense, 3 taps per dim, unit stride, "
+                                f"{WINOGRAD_MIN_CHANNELS}+ channels and "
+                                f"{WINOGRAD_MIN_TILES}+ tiles: Winograd's fewer "
                                 f"multiplies outweigh its transforms")
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
@@ -344,19 +345,20 @@ WINOGRAD_MIN_CHANNELS = 8
 
 
 def _winograd_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
-    """Dense 2-D 3x3 layers where Winograd beats the channel-blocked direct kernel (AVX2),
+    """Dense 3-tap layers (3x3, 3x3x3 and 1-D k3; unit stride, no dilation) where
+    Winograd F(4x4,3x3) beats the channel-blocked direct kernel and im2col (AVX2),
     forward and input gradient: at least :data:`WINOGRAD_MIN_CHANNELS` input and output
     channels (fewer leave the tile transforms nothing to amortise over) and at least
-    :data:`WINOGRAD_MIN_TILES` tiles (fewer leave the weight transform nothing to
-    amortise over: ResNet's 7x7 planes at batch 1, 4x4 and smaller planes).
-    ``benchmarks/results/winograd-2threads.md`` has the measurements (ResNet, VGG,
-    U-Net, CIFAR and batch-1 layers).
+    :data:`WINOGRAD_MIN_TILES` tiles of 4 x 4 outputs (fewer leave the transform of the
+    weights nothing to amortise over: ResNet's 7x7 and 4x4 planes, 28x28 and smaller at
+    batch 1; F(2x2,3x3) there measured no clear win over the best other kernel).
+    Measurements: ``benchmarks/results/winograd-2threads.md`` (ResNet, VGG, U-Net, CIFAR
+    and batch-1 layers, each algorithm forced).
     """
-    if direction == "backward_weight" or p.nd != 2 or not winograd_applies(p):
+    if direction == "backward_weight" or not winograd_applies(p):
         return False
     return (min(p.img_channels, p.col_channels) >= WINOGRAD_MIN_CHANNELS
-            and winograd_tiles(p, direction, winograd_tile(p, direction))
-            >= WINOGRAD_MIN_TILES)
+            and winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES)
 
 
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
