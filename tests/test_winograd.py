@@ -307,6 +307,7 @@ def test_gpu_plan_names_im2col():
     ((2, 32, 16, 32, 32), (32, 32, 3, 3, 3), "forward", "winograd"),  # 3-D
     ((16, 64, 4096), (64, 64, 3), "input", "winograd"),               # 1-D
     ((8, 512, 7, 7), (512, 512, 3, 3), "forward", None),             # 32 F(4x4) tiles
+    ((1, 128, 28, 28), (128, 128, 3, 3), "input", "winograd"),        # 196 F(2x2) tiles
     ((1, 512, 7, 7), (512, 512, 3, 3), "forward", None),             # 16 tiles
     ((8, 64, 4, 4), (64, 64, 3, 3), "forward", None),                # 32 tiles
     ((32, 4, 32, 32), (4, 4, 3, 3), "forward", None),                # 4 channels

@@ -253,7 +253,7 @@ def winograd_tile(p: ConvParams, direction: str) -> int:
     (F(2x2,3x3): 4 per output, but 16 transformed weights per pair of channels instead
     of 36, and less padding on small planes): with few tiles, transforming the weights
     dominates (ResNet 512 channels at 7x7, batch 8, 1 thread: F(4x4) 20 GFLOP/s,
-    F(2x2) 44; ``benchmarks/results/winograd-2threads.md``)."""
+    F(2x2) 44; ``benchmarks/results/winograd.md``)."""
     return 4 if winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES else 2
 
 
@@ -318,9 +318,8 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
     if device == "cpu" and isa == "avx2":
         if winograd and _winograd_wins(p, direction, itemsize):
             return "winograd", (f"dense, 3 taps per dim, unit stride, "
-                                f"{WINOGRAD_MIN_CHANNELS}+ channels and "
-                                f"{WINOGRAD_MIN_TILES}+ tiles: Winograd's fewer "
-                                f"multiplies outweigh its transforms")
+                                f"{WINOGRAD_MIN_CHANNELS}+ channels and enough tiles: "
+                                f"Winograd's fewer multiplies outweigh its transforms")
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
                               "channel-blocked kernel beats im2col + GEMM")
@@ -344,21 +343,27 @@ def _direct_wgrad_wins(p: ConvParams) -> bool:
 WINOGRAD_MIN_CHANNELS = 8
 
 
+#: the fewest F(2x2,3x3) tiles for which 'auto' picks Winograd when F(4x4) has too few
+WINOGRAD_MIN_TILES_F2 = 192
+
+
 def _winograd_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     """Dense 3-tap layers (3x3, 3x3x3 and 1-D k3; unit stride, no dilation) where
-    Winograd F(4x4,3x3) beats the channel-blocked direct kernel and im2col (AVX2),
-    forward and input gradient: at least :data:`WINOGRAD_MIN_CHANNELS` input and output
-    channels (fewer leave the tile transforms nothing to amortise over) and at least
-    :data:`WINOGRAD_MIN_TILES` tiles of 4 x 4 outputs (fewer leave the transform of the
-    weights nothing to amortise over: ResNet's 7x7 and 4x4 planes, 28x28 and smaller at
-    batch 1; F(2x2,3x3) there measured no clear win over the best other kernel).
-    Measurements: ``benchmarks/results/winograd-2threads.md`` (ResNet, VGG, U-Net, CIFAR
-    and batch-1 layers, each algorithm forced).
+    Winograd beats the channel-blocked direct kernel and im2col (AVX2), forward and
+    input gradient: at least :data:`WINOGRAD_MIN_CHANNELS` input and output channels
+    (fewer leave the tile transforms nothing to amortise over) and enough tiles to
+    amortise the transform of the weights over: :data:`WINOGRAD_MIN_TILES` of F(4x4), or
+    else :data:`WINOGRAD_MIN_TILES_F2` of F(2x2) (ResNet's 28x28 planes at batch 1 win
+    with F(2x2); its 7x7 planes at batch 8, 128 F(2x2) tiles, tie with the direct kernel
+    and at batch 1 lose to everything).  Measurements (1 thread CPU time, and 2 threads
+    wall time on a busy machine): ``benchmarks/results/winograd.md``.
     """
     if direction == "backward_weight" or not winograd_applies(p):
         return False
-    return (min(p.img_channels, p.col_channels) >= WINOGRAD_MIN_CHANNELS
-            and winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES)
+    if min(p.img_channels, p.col_channels) < WINOGRAD_MIN_CHANNELS:
+        return False
+    return (winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES
+            or winograd_tiles(p, direction, 2) >= WINOGRAD_MIN_TILES_F2)
 
 
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
