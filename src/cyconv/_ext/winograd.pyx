@@ -13,8 +13,10 @@ block of tiles as in Jia et al. (PPoPP 2018):
 * a work item is a block of T tiles (consecutive in (sample, depth, tile row, tile
   column) order, so small planes still make full blocks): its tiles are gathered from
   the slab and transformed L channels at a time into the thread's
-  ``V[p][t][r]``, multiplied by one GEMM per position (``M[p] = V[p] U[p]``, T x Kp,
-  single-threaded BLAS), and transformed back into the output while ``M`` is in cache.
+  ``V[p][t][r]``, multiplied by one GEMM per position (``M[p] = V[p] U[p]``, T x Kp;
+  ``cy_wgemm`` in ``_winograd.h``, a 6 x 2L register-blocked kernel reading U as packed
+  once per call, where a BLAS call would repack it every time), and transformed back
+  into the output while ``M`` is in cache.
 
 3-D layers (3x3x3) sum their depth taps inside the GEMM: the reduction runs over
 (depth tap, channel), the rows of depth tap kd gathered from input plane od + kd - pad.
@@ -27,9 +29,9 @@ NumPy equivalent of one 2-D forward call (before the fusion)::
     M = einsum('kcij,ncabij->nkabij', U, V)
     y = AT @ M @ AT.T                    # (N, K, TH, TW, M, M) -> crop to (OH, OW)
 
-Every output is computed by one thread in an order fixed by the layer and the block
-size T, which depends on the shapes, the dtype and the workspace limit only: results
-are bit-identical for any thread count.  A NaN or Inf in the weights or the input makes
+Every output is computed by one thread in an order fixed by the layer (each GEMM sums
+over r in order, whatever the block size): results are bit-identical for any thread
+count and any workspace limit.  A NaN or Inf in the weights or the input makes
 :func:`conv_forward` return False before any output is written for that slab: the
 transforms would spread it over whole tiles, so the caller runs its ``nonfinite`` plan.
 """
