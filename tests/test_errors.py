@@ -255,17 +255,49 @@ def test_padding_pairs_on_transposed():
     ("conv2d", lambda a: cyconv.conv2d(X, W, algorithm=a)),
     ("conv_transpose2d", lambda a: cyconv.conv_transpose2d(X, WT, algorithm=a)),
 ], ids=["conv2d", "conv_transpose2d"])
-@pytest.mark.parametrize("algorithm", ["fft", "winograd", None, "IM2COL"])
+@pytest.mark.parametrize("algorithm", ["fft", "Winograd", None, "IM2COL"])
 def test_unknown_algorithm(op, call, algorithm):
     with raises(ValueError, f"{op}: unknown algorithm {algorithm!r}; expected one of 'auto', "
-                            "'im2col', 'direct'"):
+                            "'im2col', 'direct', 'winograd'"):
         call(algorithm)
 
 
 def test_unknown_algorithm_in_gradients():
     with raises(ValueError, "conv2d_weight: unknown algorithm 'fft'; expected one of 'auto', "
-                            "'im2col', 'direct'"):
+                            "'im2col', 'direct', 'winograd'"):
         cyconv.grad.conv2d_weight(X, W.shape, zeros(2, 4, 6, 6), algorithm="fft")
+
+
+_WINO = ("algorithm='winograd' needs groups=1, 3 taps per dim, stride 1 and dilation 1; "
+         "got ")
+
+
+@pytest.mark.parametrize("call, message", [
+    (lambda: cyconv.conv2d(zeros(1, 4, 8, 8), zeros(4, 4, 3, 3), stride=2,
+                           algorithm="winograd"), "conv2d: " + _WINO + "stride (2, 2)"),
+    (lambda: cyconv.conv2d(zeros(1, 4, 8, 8), zeros(4, 2, 3, 3), groups=2,
+                           algorithm="winograd"), "conv2d: " + _WINO + "groups=2"),
+    (lambda: cyconv.conv2d(zeros(1, 4, 8, 8), zeros(4, 4, 5, 3), dilation=(1, 2),
+                           algorithm="winograd"),
+     "conv2d: " + _WINO + "kernel (5, 3), dilation (1, 2)"),
+    (lambda: cyconv.conv1d(zeros(1, 4, 8), zeros(4, 4, 2), algorithm="winograd"),
+     "conv1d: " + _WINO + "kernel (2,)"),
+    (lambda: cyconv.conv_transpose2d(zeros(1, 4, 8, 8), zeros(4, 4, 3, 3), stride=2,
+                                     algorithm="winograd"),
+     "conv_transpose2d: " + _WINO + "stride (2, 2)"),
+    (lambda: cyconv.grad.conv2d_input((1, 4, 15, 15), zeros(4, 4, 3, 3),
+                                      zeros(1, 4, 7, 7), stride=2, algorithm="winograd"),
+     "conv2d_input: " + _WINO + "stride (2, 2)"),
+    (lambda: cyconv.grad.conv2d_weight(zeros(1, 4, 8, 8), (4, 4, 1, 1), zeros(1, 4, 8, 8),
+                                       algorithm="winograd"),
+     "conv2d_weight: " + _WINO + "kernel (1, 1)"),
+    (lambda: cyconv.plan("conv3d", (1, 4, 8, 8, 8), (4, 4, 3, 3, 3), dilation=2,
+                         algorithm="winograd"), "conv3d: " + _WINO + "dilation (2, 2, 2)"),
+], ids=["stride", "groups", "kernel-dilation", "conv1d-k2", "transposed", "input-grad",
+        "weight-grad", "plan-3d"])
+def test_winograd_constraints(call, message):
+    with raises(ValueError, message):
+        call()
 
 
 # -- dtypes and array kinds ---------------------------------------------------------------------

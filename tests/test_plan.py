@@ -31,16 +31,21 @@ def _plan_of(op, x_shape, w_shape, direction="forward", dtype="float32", **kw):
 
 @avx2
 @pytest.mark.parametrize("x_shape, w_shape, kw, direction, kernel", [
-    # dense 3x3: the channel-blocked kernel forward, its flipped form for the input grad
-    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "forward", "blocked"),
-    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "input", "blocked_flipped"),
+    # dense 3x3, unit stride: Winograd forward, its flipped form for the input grad
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "forward", "winograd_f4"),
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "input", "winograd_f4_flipped"),
+    # other dense layers: the channel-blocked kernel forward, its flipped form for the
+    # input grad
+    ((8, 64, 28, 28), (64, 64, 5, 5), dict(padding=2), "forward", "blocked"),
+    ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=2, dilation=2), "input",
+     "blocked_flipped"),
     ((8, 128, 28, 28), (128, 128, 3, 3), dict(padding=1), "weight", "im2col"),
     ((8, 16, 56, 56), (16, 16, 3, 3), dict(padding=1), "weight", "direct"),  # thin GEMM
     # CIFAR-size weight gradients (up to 64 channels, planes up to 32x32): 'outer'
     ((8, 64, 28, 28), (64, 64, 3, 3), dict(padding=1), "weight", "outer"),
     ((128, 16, 32, 32), (16, 16, 3, 3), dict(padding=1), "weight", "outer"),
     # long channel reductions and 1x1 kernels: im2col, pointwise when unpadded
-    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=1), "forward", "im2col"),
+    ((8, 512, 7, 7), (512, 512, 3, 3), dict(padding=2, dilation=2), "forward", "im2col"),
     ((8, 256, 14, 14), (128, 256, 1, 1), {}, "forward", "im2col_pointwise"),
     ((8, 256, 14, 14), (128, 256, 1, 1), dict(stride=2), "forward", "im2col"),
     # depthwise at unit stride with long rows: the per-channel direct kernel

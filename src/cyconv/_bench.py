@@ -47,10 +47,11 @@ import numpy as np
 from numpy.lib.stride_tricks import sliding_window_view
 
 from ._params import ConvParams, conv_params
+from ._plan import winograd_applies
 
 #: every direction, in conv terms (``transposed`` is a transposed convolution's forward).
 DIRECTIONS = ("forward", "backward_input", "backward_weight", "transposed")
-ALGORITHMS = ("im2col", "direct")
+ALGORITHMS = ("im2col", "direct", "winograd")
 #: relative tolerance of the correctness checks, by dtype.
 TOLERANCE = {np.dtype(np.float32): 2e-4, np.dtype(np.float64): 1e-9}
 #: an unbounded inner loop would make a tiny op's sample last forever on a busy machine.
@@ -189,6 +190,23 @@ TINY_SHAPES = (
 )
 
 
+#: dense 3x3 unit-stride layers: where algorithm='winograd' applies.
+WINOGRAD_SHAPES = (
+    DEFAULT_SHAPES[0], DEFAULT_SHAPES[1],
+    shape("resnet3x3_7", 8, 512, (7, 7), 512, 3, 1, 1, note="ResNet stage 4"),
+    shape("vgg3x3_224", 1, 64, (224, 224), 64, 3, 1, 1, note="VGG conv1_2"),
+    shape("vgg3x3_56", 2, 256, (56, 56), 256, 3, 1, 1, note="VGG conv3"),
+    shape("unet3x3_128", 1, 128, (128, 128), 128, 3, 1, 1, note="U-Net encoder"),
+    shape("unet3x3_up", 1, 256, (64, 64), 128, 3, 1, 1, note="U-Net decoder"),
+    shape("cifar3x3_16", 32, 16, (32, 32), 16, 3, 1, 1, note="ResNet-20 stage 1"),
+    shape("cifar3x3_32", 32, 32, (16, 16), 32, 3, 1, 1, note="ResNet-20 stage 2"),
+    shape("cifar3x3_64", 32, 64, (32, 32), 64, 3, 1, 1, note="CIFAR, 64 channels"),
+    shape("b1_resnet3x3_56", 1, 64, (56, 56), 64, 3, 1, 1, note="batch 1"),
+    shape("b1_resnet3x3_28", 1, 128, (28, 28), 128, 3, 1, 1, note="batch 1"),
+    shape("b1_resnet3x3_7", 1, 512, (7, 7), 512, 3, 1, 1, note="batch 1"),
+)
+
+
 def _unique(shapes):
     seen = {}
     for s in shapes:
@@ -200,6 +218,7 @@ SUITES = {
     "default": DEFAULT_SHAPES,
     "full": _unique(DEFAULT_SHAPES + FULL_EXTRA_SHAPES),
     "tiny": TINY_SHAPES,
+    "winograd": WINOGRAD_SHAPES,
 }
 
 
@@ -334,7 +353,8 @@ def build_case(s: BenchShape, direction: str, dtype, algorithms, torch, rng) -> 
 
     case.contenders["cyconv"] = cy("auto")
     for alg in algorithms:
-        case.contenders[f"cyconv:{alg}"] = cy(alg)
+        if alg != "winograd" or winograd_applies(p):
+            case.contenders[f"cyconv:{alg}"] = cy(alg)
 
     if torch is not None:
         F, tgrad = torch.nn.functional, torch.nn.grad

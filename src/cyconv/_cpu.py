@@ -1,6 +1,7 @@
 """CPU backend: execute a plan (:mod:`cyconv._plan`): make inputs contiguous, allocate
 outputs, call the compiled kernel the plan names.  Nothing is chosen here: the one
-data-dependent switch, NaN/Inf weights, takes the plan's own ``nonfinite`` plan.
+data-dependent switch, NaN/Inf weights (for Winograd also NaN/Inf inputs, which its
+kernel reports), takes the plan's own ``nonfinite`` plan.
 
 Every function here works in conv view (see :mod:`cyconv._params`): the *image* side is
 a convolution's input / a transposed convolution's output, the *column* side the other.
@@ -66,7 +67,10 @@ def conv_forward(plan, x, w, b):
     args = (x.reshape(N, -1), w.reshape(w.shape[0], -1), _bias_or_empty(b, x.dtype),
             y.reshape(N, -1), plan.geometry, plan.threads, _runtime.get_workspace_limit())
     kernel = plan.kernel
-    if kernel == "blocked" or kernel == "direct" or kernel == "depthwise":
+    if kernel.startswith("winograd"):
+        if not kernels("winograd").conv_forward(*args, int(kernel[10])):
+            return conv_forward(plan.nonfinite, x, w, b)        # NaN or Inf in x
+    elif kernel == "blocked" or kernel == "direct" or kernel == "depthwise":
         kernels(kernel).conv_forward(*args)
     elif kernel == "outer":
         kernels("depthwise").outer_forward(*args)
@@ -99,7 +103,12 @@ def conv_backward_input(plan, gy, w, b):
         _input_grad_by_phases(plan, gy, w, b, gx, nt, ws)
         return gx
     src, dst, bias = gy.reshape(N, -1), gx.reshape(N, -1), _bias_or_empty(b, gy.dtype)
-    if kernel == "blocked_flipped":   # packs its weights from w as it is: no flipped copy
+    if kernel.startswith("winograd"):   # transforms its weights from w, flipped: no copy
+        if not kernels("winograd").conv_forward(src, w.reshape(w.shape[0], -1), bias, dst,
+                                                plan.geometry, nt, ws, int(kernel[10]),
+                                                flip=True):
+            return conv_backward_input(plan.nonfinite, gy, w, b)    # NaN or Inf in gy
+    elif kernel == "blocked_flipped":   # packs its weights from w as it is: no flipped copy
         kernels("blocked").conv_forward(src, w.reshape(w.shape[0], -1), bias, dst,
                                         plan.geometry, nt, ws, flip=True)
     elif kernel == "direct_flipped":

@@ -13,7 +13,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import _cpu, _plan, _runtime
-from ._params import array_module_name, check_algorithm, check_dtypes, conv_params
+from ._params import (array_module_name, check_algorithm, check_dtypes, check_winograd,
+                      conv_params)
 
 #: public direction -> conv-view direction, for a convolution and a transposed one.
 CONV_DIRECTIONS = {False: {"forward": "forward", "input": "backward_input",
@@ -58,6 +59,8 @@ def plan_for(op, p, conv_direction, public_direction, dtype, algorithm, device):
     key = plan_key(p, conv_direction, public_direction, dtype, algorithm, device)
     plan = _plan.lookup(key)
     if plan is None:
+        if algorithm == "winograd":
+            check_winograd(op, p)
         base = op.removesuffix("_input").removesuffix("_weight")
         plan = _plan.make_plan(base, p, conv_direction, dtype, algorithm, device,
                                public_direction)

@@ -19,7 +19,7 @@ from typing import NamedTuple
 import numpy as np
 
 INT32_MAX = 2**31 - 1
-_ALGORITHMS = ("auto", "im2col", "direct")
+_ALGORITHMS = ("auto", "im2col", "direct", "winograd")
 _DIM_NAMES = {1: "(N, C, L)", 2: "(N, C, H, W)", 3: "(N, C, D, H, W)"}
 _UNBATCHED_NAMES = {1: "(C, L)", 2: "(C, H, W)", 3: "(C, D, H, W)"}
 
@@ -48,6 +48,24 @@ def check_algorithm(op: str, algorithm) -> str:
         raise ValueError(
             f"{op}: unknown algorithm {algorithm!r}; expected one of {', '.join(map(repr, _ALGORITHMS))}")
     return algorithm
+
+
+def check_winograd(op: str, p) -> None:
+    """``algorithm='winograd'`` needs a dense layer (groups=1) with 3 taps per spatial
+    dim, stride 1 and dilation 1 (the transposed convolutions and input gradients of
+    such layers included, since they are the same convolution flipped)."""
+    bad = []
+    if p.G != 1:
+        bad.append(f"groups={p.G}")
+    if any(k != 3 for k in p.kernel_size):
+        bad.append(f"kernel {p.kernel_size}")
+    if any(s != 1 for s in p.stride):
+        bad.append(f"stride {p.stride}")
+    if any(d != 1 for d in p.dilation):
+        bad.append(f"dilation {p.dilation}")
+    if bad:
+        raise ValueError(f"{op}: algorithm='winograd' needs groups=1, 3 taps per dim, "
+                         f"stride 1 and dilation 1; got {', '.join(bad)}")
 
 
 def conv_out_size(n_in: int, k: int, s: int, pads: tuple, d: int) -> int:

@@ -35,6 +35,12 @@ input gradient (image side from column side; a transposed convolution's forward)
   add ``w * 0`` for padded outputs, which is NaN there.  ``depthwise`` (a gather per
   output phase) needs no fallback: it adds exactly im2col's terms.
 weight gradient: ``depthwise``, ``outer``, ``direct``, ``im2col``.
+Winograd (``winograd.pyx``; dense 3-tap, unit-stride, undilated layers): forward
+  ``winograd_f4`` / ``winograd_f2`` (F(4x4,3x3) / F(2x2,3x3), see :func:`winograd_tile`),
+  input gradient ``winograd_f4_flipped`` / ``winograd_f2_flipped`` (the same kernel on gy
+  with flipped, transposed weights).  NaN or Inf in the weights *or the input* fall back
+  to ``im2col`` (the transforms would spread them over whole tiles); the weight gradient
+  has no Winograd kernel (``algorithm='winograd'`` runs 'auto's weight-gradient kernel).
 
 Kernels (GPU): ``im2col`` (cuBLAS GEMMs on chunks of columns within the workspace limit;
 ``direct`` when an allocation fails) and ``direct``.
@@ -96,7 +102,8 @@ class Plan:
                  f"  workspace up to {self.workspace_bytes:,} bytes",
                  f"  why: {self.reason}"]
         if self.nonfinite is not None:
-            lines.append(f"  NaN/Inf weights: {self.nonfinite.kernel} "
+            what = "weights or input" if self.algorithm == "winograd" else "weights"
+            lines.append(f"  NaN/Inf {what}: {self.nonfinite.kernel} "
                          f"({self.nonfinite.reason})")
         return "\n".join(lines)
 
@@ -290,6 +297,48 @@ def is_fully_connected(p: ConvParams) -> bool:
             and all(pb == 0 and pa == 0 for pb, pa in p.padding))
 
 
+def winograd_applies(p: ConvParams) -> bool:
+    """A layer ``algorithm='winograd'`` accepts (:func:`cyconv._params.check_winograd`)."""
+    return (p.G == 1 and all(k == 3 for k in p.kernel_size)
+            and all(s == 1 for s in p.stride) and all(d == 1 for d in p.dilation))
+
+
+#: the fewest F(4x4,3x3) tiles per call for which F(4x4) is used, and the fewest tiles
+#: (of the chosen size) for which 'auto' picks Winograd: each call transforms every
+#: weight into 36 (or 16) positions, which only pays over this many tiles
+WINOGRAD_MIN_TILES = 128
+
+
+def winograd_tiles(p: ConvParams, direction: str, tile: int) -> int:
+    """Tiles of one call: per sample (and output depth), ceil(H/m) x ceil(W/m) of the
+    output plane (the image side for an input gradient); 1-D rows are 1 x m."""
+    size = p.col_size if direction == "forward" else p.img_size
+    n = p.N
+    for i, o in enumerate(size):
+        n *= o if (p.nd == 3 and i == 0) else -(-o // tile)
+    return n
+
+
+def winograd_tile(p: ConvParams, direction: str) -> int:
+    """Outputs per tile side: 4 (F(4x4,3x3): 2.25 multiplies per output instead of 9)
+    where the call has at least :data:`WINOGRAD_MIN_TILES` such tiles, else 2
+    (F(2x2,3x3): 4 per output, but 16 transformed weights per pair of channels instead
+    of 36, and less padding on small planes): with few tiles, transforming the weights
+    dominates (ResNet 512 channels at 7x7, batch 8, 1 thread: F(4x4) 20 GFLOP/s,
+    F(2x2) 44; ``benchmarks/results/winograd.md``)."""
+    return 4 if winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES else 2
+
+
+def winograd_workspace(p: ConvParams, tile: int, direction: str, itemsize: int,
+                       n_threads: int) -> int:
+    """Scratch bytes of a Winograd call (transformed weights, per-thread tile buffers,
+    the channels-last input slab), or -1 when it cannot fit the workspace limit."""
+    from ._ext import kernels
+    geom = p.geometry() if direction == "forward" else input_grad_as_forward(p)
+    return int(kernels("winograd").workspace_bytes(geom, p.N, itemsize, n_threads,
+                                                   _runtime.get_workspace_limit(), tile))
+
+
 def is_pointwise(p: ConvParams) -> bool:
     """1x1 kernel, stride 1, no padding: the image *is* the column matrix."""
     return (all(k == 1 for k in p.kernel_size) and all(s == 1 for s in p.stride)
@@ -305,13 +354,15 @@ def taps_as_gemms(p: ConvParams) -> bool:
 # -- 'auto' ---------------------------------------------------------------------------------
 
 def select_algorithm(p: ConvParams, direction: str, itemsize: int, n_threads: int,
-                     device: str = "cpu", isa: str | None = None) -> str:
-    """'im2col' or 'direct' for one op in conv view (see :func:`auto_choice`)."""
-    return auto_choice(p, direction, itemsize, n_threads, device, isa)[0]
+                     device: str = "cpu", isa: str | None = None,
+                     winograd: bool = True) -> str:
+    """'im2col', 'direct' or 'winograd' for one op in conv view (see
+    :func:`auto_choice`)."""
+    return auto_choice(p, direction, itemsize, n_threads, device, isa, winograd)[0]
 
 
 def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
-                device: str = "cpu", isa: str | None = None) -> tuple:
+                device: str = "cpu", isa: str | None = None, winograd: bool = True) -> tuple:
     """``(algorithm, why)`` of ``algorithm='auto'``: a pure function of its arguments.
 
     Direct loops win where a GEMM has too little to reuse: depthwise and thin groups
@@ -319,7 +370,9 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
     matrix would have very few rows.  On the CPU the channel-blocked direct kernel also
     wins most dense layers with 3+ taps (:func:`_blocked_wins`) and the per-tap dot
     products thin weight gradients (:func:`_direct_wgrad_wins`).  Everything else goes
-    to im2col + BLAS.  The measurements behind each rule are in ``benchmarks/results/``.
+    to im2col + BLAS.  Dense 3x3 layers with enough channels go to Winograd
+    (:func:`_winograd_wins`; ``winograd=False`` leaves it out).  The measurements behind
+    each rule are in ``benchmarks/results/``.
     """
     if direction not in DIRECTIONS:
         raise ValueError(f"unknown direction {direction!r}")
@@ -347,6 +400,10 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
         return "direct", (f"weight gradient of {p.img_channels} channels on {p.pixels}-pixel "
                           f"planes: per-sample GEMMs only a plane deep")
     if device == "cpu" and isa == "avx2":
+        if winograd and _winograd_wins(p, direction, itemsize):
+            return "winograd", (f"dense, 3 taps per dim, unit stride, "
+                                f"{WINOGRAD_MIN_CHANNELS}+ channels and enough tiles: "
+                                f"Winograd's fewer multiplies outweigh its transforms")
         if _blocked_wins(p, direction, itemsize):
             return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
                               "channel-blocked kernel beats im2col + GEMM")
@@ -367,6 +424,33 @@ def _direct_wgrad_wins(p: ConvParams) -> bool:
     kg = p.col_channels // p.G
     taps = math.prod(p.kernel_size)
     return taps > 1 and (kg <= 16 or (kg <= 32 and taps >= 27))
+
+
+#: the fewest input and output channels for which 'auto' picks Winograd (AVX2)
+WINOGRAD_MIN_CHANNELS = 8
+
+
+#: the fewest F(2x2,3x3) tiles for which 'auto' picks Winograd when F(4x4) has too few
+WINOGRAD_MIN_TILES_F2 = 192
+
+
+def _winograd_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
+    """Dense 3-tap layers (3x3, 3x3x3 and 1-D k3; unit stride, no dilation) where
+    Winograd beats the channel-blocked direct kernel and im2col (AVX2), forward and
+    input gradient: at least :data:`WINOGRAD_MIN_CHANNELS` input and output channels
+    (fewer leave the tile transforms nothing to amortise over) and enough tiles to
+    amortise the transform of the weights over: :data:`WINOGRAD_MIN_TILES` of F(4x4), or
+    else :data:`WINOGRAD_MIN_TILES_F2` of F(2x2) (ResNet's 28x28 planes at batch 1 win
+    with F(2x2); its 7x7 planes at batch 8, 128 F(2x2) tiles, tie with the direct kernel
+    and at batch 1 lose to everything).  Measurements (1 thread CPU time, and 2 threads
+    wall time on a busy machine): ``benchmarks/results/winograd.md``.
+    """
+    if direction == "backward_weight" or not winograd_applies(p):
+        return False
+    if min(p.img_channels, p.col_channels) < WINOGRAD_MIN_CHANNELS:
+        return False
+    return (winograd_tiles(p, direction, 4) >= WINOGRAD_MIN_TILES
+            or winograd_tiles(p, direction, 2) >= WINOGRAD_MIN_TILES_F2)
 
 
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
@@ -434,9 +518,11 @@ def make_plan(op: str, p: ConvParams, conv_direction: str, dtype, algorithm: str
                   out_shape=out, device=device, dtype=dtype.name,
                   conv_direction=conv_direction, params=p)
     if device == "cpu":
-        kernel, why, nonfinite = _cpu_kernel(p, conv_direction, alg, why, dtype.itemsize)
+        alg, kernel, why, nonfinite = _cpu_kernel(p, conv_direction, alg, why,
+                                                  dtype.itemsize, n_threads, isa)
     else:
-        kernel, why, nonfinite = _gpu_kernel(p, conv_direction, alg, why, dtype.itemsize)
+        alg, kernel, why, nonfinite = _gpu_kernel(p, conv_direction, alg, why,
+                                                  dtype.itemsize)
     fallback = None
     if nonfinite is not None:
         k2, why2 = nonfinite
@@ -455,10 +541,34 @@ def make_plan(op: str, p: ConvParams, conv_direction: str, dtype, algorithm: str
 
 _NONFINITE_WHY = ("NaN/Inf weights: the direct kernels add w * 0 for padded outputs, "
                   "which would put NaN where the exact sum has no such term")
+_WINOGRAD_NONFINITE_WHY = ("NaN/Inf weights or input: Winograd's transforms would spread "
+                           "them over whole tiles; im2col puts them where the exact sum does")
 
 
-def _cpu_kernel(p, direction, alg, why, itemsize):
-    """(kernel, reason, (nonfinite kernel, reason) or None) on the CPU."""
+def _cpu_kernel(p, direction, alg, why, itemsize, n_threads=1, isa=None):
+    """(algorithm, kernel, reason, (nonfinite kernel, reason) or None) on the CPU."""
+    if alg == "winograd":
+        if direction == "backward_weight":
+            alg, why2 = auto_choice(p, direction, itemsize, n_threads, "cpu", isa, False)
+            why += f"; the weight gradient has no Winograd kernel, so {why2}"
+        else:
+            tile = winograd_tile(p, direction)
+            if winograd_workspace(p, tile, direction, itemsize, n_threads) >= 0:
+                if direction == "forward":
+                    return ("winograd", f"winograd_f{tile}",
+                            why + f"; F({tile}x{tile},3x3) tiles", (
+                                "im2col", _WINOGRAD_NONFINITE_WHY))
+                return ("winograd", f"winograd_f{tile}_flipped",
+                        why + f"; F({tile}x{tile},3x3) tiles of gy with flipped weights",
+                        ("im2col", _WINOGRAD_NONFINITE_WHY))
+            alg, why2 = auto_choice(p, direction, itemsize, n_threads, "cpu", isa, False)
+            why += (f"; the workspace limit cannot hold Winograd's transformed weights and "
+                    f"tile buffers, so {why2}")
+    return (alg,) + _cpu_direct_or_im2col(p, direction, alg, why, itemsize)
+
+
+def _cpu_direct_or_im2col(p, direction, alg, why, itemsize):
+    """(kernel, reason, (nonfinite kernel, reason) or None) for 'direct' or 'im2col'."""
     if alg == "direct" and staging_too_big(p):
         why += ("; padding or dilation too wide for the direct kernels' staging planes: "
                 "im2col instead")
@@ -508,11 +618,13 @@ def _cpu_kernel(p, direction, alg, why, itemsize):
 
 
 def _gpu_kernel(p, direction, alg, why, itemsize):
-    """(kernel, reason, None) on the GPU."""
+    """(algorithm, kernel, reason, None) on the GPU."""
     if alg == "direct":
-        return "direct", why, None
-    return "im2col", why + ("; direct when one sample's columns exceed the GPU workspace "
-                            "limit or an allocation fails"), None
+        return "direct", "direct", why, None
+    if alg == "winograd":
+        why += "; the GPU has no Winograd kernel yet: im2col + cuBLAS"
+    return "im2col", "im2col", why + ("; direct when one sample's columns exceed the GPU "
+                                      "workspace limit or an allocation fails"), None
 
 
 def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
@@ -523,6 +635,9 @@ def _workspace(p, kernel, direction, itemsize, n_threads, device) -> int:
         from . import _gpu
         return _gpu.get_workspace_limit()
     limit = _runtime.get_workspace_limit()
+    if kernel.startswith("winograd"):
+        tile = int(kernel[len("winograd_f")])
+        return winograd_workspace(p, tile, direction, itemsize, n_threads)
     if kernel in ("im2col_pointwise", "im2col_fc"):
         return 0
     if kernel == "im2col_taps":

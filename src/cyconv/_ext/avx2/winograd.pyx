@@ -1,0 +1,2 @@
+# cyconv/_ext/winograd.pyx, built with -mavx2 -mfma (see meson.build).
+include "../winograd.pyx"
