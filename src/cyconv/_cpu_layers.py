@@ -1,0 +1,219 @@
+"""CPU backend of batch normalisation, the activations, softmax, dropout, interpolate and
+adaptive max pooling: make inputs contiguous, allocate outputs, call the compiled
+kernels of ``cyconv/_ext/norm.pyx``, ``eltwise.pyx``, ``resample.pyx`` and
+``pool.pyx``.
+
+The GPU backend (:mod:`cyconv._gpu`) defines the same functions with the same
+arguments.  The callers (:mod:`cyconv._norm`, :mod:`cyconv._activation`,
+:mod:`cyconv._resample`) have checked every shape and dtype.  Per-channel statistics
+are float64 here (the accumulation dtype of the GPU backend there).  Every function
+returns new arrays and never writes to its inputs.
+"""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from ._cpu_pool import _contiguous, _planes
+from ._ext import kernels, threads_for
+
+#: activation name -> the kernels' code (eltwise.pyx and eltwise.cu).
+ACTIVATIONS = {"leaky_relu": 0, "sigmoid": 1, "tanh": 2, "gelu": 3, "gelu_tanh": 4,
+               "silu": 5}
+#: work per element, in FLOP-like units, for :func:`cyconv._ext.threads_for`.
+_COST = (1, 20, 20, 30, 30, 20)
+
+
+# -- activations ----------------------------------------------------------------------------
+
+def activation_forward(x, op, alpha):
+    """``y = f(x)`` for activation code ``op`` (``alpha``: leaky_relu's slope)."""
+    x = _contiguous(x)
+    y = np.empty_like(x)
+    kernels("eltwise").activation_forward(x, y, op, alpha, threads_for(x.size * _COST[op]))
+    return y
+
+
+def activation_backward(gy, s, op, alpha):
+    """The gradient of activation ``op`` from ``gy`` and ``s`` (the forward input, or the
+    output for sigmoid and tanh)."""
+    gy = _contiguous(gy)
+    s = _contiguous(s)
+    gx = np.empty_like(gy)
+    kernels("eltwise").activation_backward(gy, s, gx, op, alpha,
+                                           threads_for(gy.size * _COST[op]))
+    return gx
+
+
+def _three(shape, dim):
+    """(outer, D, inner) of ``shape`` around ``dim`` (a 0-d shape is (1, 1, 1))."""
+    if not shape:
+        return 1, 1, 1
+    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
+
+
+def softmax_forward(x, dim, log):
+    """softmax (``log``: log_softmax) of ``x`` over ``dim``."""
+    x = _contiguous(x)
+    y = np.empty_like(x)
+    v = _three(x.shape, dim)
+    kernels("eltwise").softmax_forward(x.reshape(v), y.reshape(v), log,
+                                       threads_for(x.size * 20))
+    return y
+
+
+def softmax_backward(gy, y, dim, log):
+    """The gradient of softmax (log_softmax) over ``dim`` from its output ``y``."""
+    gy = _contiguous(gy)
+    y = _contiguous(y)
+    gx = np.empty_like(gy)
+    v = _three(gy.shape, dim)
+    kernels("eltwise").softmax_backward(gy.reshape(v), y.reshape(v), gx.reshape(v), log,
+                                        threads_for(gy.size * 20))
+    return gx
+
+
+def dropout_forward(x, p, rng):
+    """``(y, mask)``: mask = uniform samples of ``rng`` >= p (bool), y = x * mask / (1 - p)
+    (x * 0 where p = 1)."""
+    x = _contiguous(x)
+    u = rng.random(x.shape, dtype=x.dtype.newbyteorder("="))
+    y = np.empty_like(x)
+    mask = np.empty(x.shape, np.bool_)
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+    kernels("eltwise").dropout_forward(x.reshape(-1), u.reshape(-1), y.reshape(-1),
+                                       mask.view(np.uint8).reshape(-1), p, scale,
+                                       threads_for(x.size))
+    return y, mask
+
+
+def dropout_backward(gy, mask, p):
+    """``gy * mask / (1 - p)``."""
+    gy = _contiguous(gy)
+    mask = _contiguous(mask)
+    gx = np.empty_like(gy)
+    scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+    kernels("eltwise").dropout_backward(gy.reshape(-1), mask.view(np.uint8).reshape(-1),
+                                        gx.reshape(-1), scale, threads_for(gy.size))
+    return gx
+
+
+# -- batch normalisation ----------------------------------------------------------------------
+
+def _vec(v, C, fill):
+    """A per-channel vector as contiguous float64 (``fill`` for None)."""
+    if v is None:
+        return np.full(C, fill)
+    return np.ascontiguousarray(v, dtype=np.float64)
+
+
+def _nc_threads(x3):
+    return threads_for(x3.size * 4) if x3.shape[1] > 1 else 1
+
+
+def batch_norm_train(x3, w, b, eps):
+    """Training forward of ``x3`` (N, C, S): ``(y, mean, var, invstd)``, the statistics
+    per channel over N and S (``var`` biased), float64."""
+    x3 = _contiguous(x3)
+    C = x3.shape[1]
+    y = np.empty_like(x3)
+    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
+    kernels("norm").batch_norm_train(x3, y, _vec(w, C, 1.0), _vec(b, C, 0.0), mean, var,
+                                     invstd, eps, _nc_threads(x3))
+    return y, mean, var, invstd
+
+
+def batch_norm_stats(x3, eps):
+    """``(mean, invstd)`` of ``x3`` (N, C, S) per channel, as the training forward
+    computes them (no output)."""
+    x3 = _contiguous(x3)
+    C = x3.shape[1]
+    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
+    kernels("norm").batch_norm_train(x3, None, np.ones(C), np.zeros(C), mean, var, invstd,
+                                     eps, _nc_threads(x3))
+    return mean, invstd
+
+
+def running_invstd(running_var, eps):
+    """``1 / sqrt(running_var + eps)`` in the statistics' dtype (float64)."""
+    return 1.0 / np.sqrt(np.asarray(running_var, np.float64) + eps)
+
+
+def batch_norm_apply(x3, mean, invstd, w, b):
+    """Evaluation forward: ``(x3 - mean) * invstd * w + b`` per channel."""
+    x3 = _contiguous(x3)
+    C = x3.shape[1]
+    y = np.empty_like(x3)
+    kernels("norm").batch_norm_apply(x3, y, _vec(mean, C, 0.0), _vec(invstd, C, 1.0),
+                                     _vec(w, C, 1.0), _vec(b, C, 0.0), _nc_threads(x3))
+    return y
+
+
+def batch_norm_backward(gy3, x3, mean, invstd, w, train):
+    """``(gx, gw, gb)`` of batch norm from ``gy3`` and ``x3`` (N, C, S) and the
+    statistics the forward used; ``train``: through the batch statistics."""
+    gy3 = _contiguous(gy3)
+    x3 = _contiguous(x3)
+    C = x3.shape[1]
+    gx = np.empty_like(gy3)
+    gw, gb = np.empty(C), np.empty(C)
+    kernels("norm").batch_norm_backward(gy3, x3, gx, _vec(mean, C, 0.0), _vec(invstd, C, 1.0),
+                                        _vec(w, C, 1.0), train, gw, gb, _nc_threads(x3))
+    return gx, gw, gb
+
+
+# -- interpolate -------------------------------------------------------------------------------
+
+def _passes(shape, dim, n_new):
+    """(A, B, new shape) of a resampling pass over ``dim`` of an array of ``shape``."""
+    A = math.prod(shape[:dim])
+    B = math.prod(shape[dim + 1:])
+    new = shape[:dim] + (n_new,) + shape[dim + 1:]
+    return A, B, new
+
+
+def interpolate_forward(rp, x):
+    """``interpolate`` (``ResampleParams`` ``rp``) of ``x`` (N, C, *in_size): one pass per
+    resampled dim, the last dim first."""
+    cur = _contiguous(x)
+    mod = kernels("resample")
+    for d in reversed(range(rp.nd)):
+        m = rp.maps[d]
+        if m.identity:
+            continue
+        A, B, new = _passes(cur.shape, 2 + d, m.n_out)
+        y = np.empty(new, cur.dtype)
+        mod.resample_forward(cur.reshape(A, -1), y.reshape(A, -1), m.i0, m.i1, m.w0, m.w1, B,
+                             threads_for(y.size * 4))
+        cur = y
+    return cur if cur is not x else cur.copy()
+
+
+def interpolate_backward(rp, gy):
+    """The adjoint of :func:`interpolate_forward`: the first dim's pass first."""
+    cur = _contiguous(gy)
+    mod = kernels("resample")
+    for d in range(rp.nd):
+        m = rp.maps[d]
+        if m.identity:
+            continue
+        A, B, new = _passes(cur.shape, 2 + d, m.n_in)
+        gx = np.empty(new, cur.dtype)
+        mod.resample_backward(cur.reshape(A, -1), gx.reshape(A, -1), m.ptr, m.src, m.wt, B,
+                              threads_for(cur.size * 4))
+        cur = gx
+    return cur if cur is not gy else cur.copy()
+
+
+# -- adaptive max pooling ----------------------------------------------------------------------
+
+def adaptive_max_pool_forward(ps, x):
+    """Adaptive max pooling (``PoolShape`` ``ps``) of ``x`` (N, C, *in_size):
+    ``(y, indices)``, the indices int64 flat positions within each input plane."""
+    x = _contiguous(x)
+    y = np.empty((ps.N, ps.C) + ps.out_size, x.dtype)
+    idx = np.empty(y.shape, np.int64)
+    kernels("pool").adaptive_max_pool_forward(_planes(x), _planes(y), _planes(idx),
+                                              ps.geometry(), threads_for(x.size))
+    return y, idx
