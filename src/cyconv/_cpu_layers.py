@@ -184,7 +184,8 @@ def interpolate_forward(rp, x):
             continue
         A, B, new = _passes(cur.shape, 2 + d, m.n_out)
         y = np.empty(new, cur.dtype)
-        mod.resample_forward(cur.reshape(A, -1), y.reshape(A, -1), m.i0, m.i1, m.w0, m.w1, B,
+        mod.resample_forward(cur.reshape(A, m.n_in * B), y.reshape(A, m.n_out * B), m.i0,
+                             m.i1, m.w0, m.w1, B,
                              threads_for(y.size * 4))
         cur = y
     return cur if cur is not x else cur.copy()
@@ -200,7 +201,8 @@ def interpolate_backward(rp, gy):
             continue
         A, B, new = _passes(cur.shape, 2 + d, m.n_in)
         gx = np.empty(new, cur.dtype)
-        mod.resample_backward(cur.reshape(A, -1), gx.reshape(A, -1), m.ptr, m.src, m.wt, B,
+        mod.resample_backward(cur.reshape(A, m.n_out * B), gx.reshape(A, m.n_in * B), m.ptr,
+                              m.src, m.wt, B,
                               threads_for(cur.size * 4))
         cur = gx
     return cur if cur is not gy else cur.copy()

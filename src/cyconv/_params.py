@@ -841,10 +841,11 @@ class DimMap:
 
 def _dim_map(mode: str, n_in: int, n_out: int, scale, align_corners: bool, dtype) -> DimMap:
     """PyTorch's ``nearest_idx`` (float32 arithmetic for every dtype) and
-    ``compute_source_index_and_lambda`` (in the op's math type: float32 for float16 and
-    float32, float64 for float64) for one dim; ``scale`` is the user's scale factor or
-    None (then in / out)."""
+    ``compute_source_index_and_lambda`` (in the op's math type ``T``: float32 for float16
+    and float32, float64 for float64; the weights are stored in it) for one dim;
+    ``scale`` is the user's scale factor or None (then in / out)."""
     o = np.arange(n_out, dtype=np.int64)
+    T = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     if mode == "nearest":
         if n_out == n_in:
             i0 = o
@@ -854,10 +855,9 @@ def _dim_map(mode: str, n_in: int, n_out: int, scale, align_corners: bool, dtype
             s = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
             i0 = np.minimum(np.floor(o.astype(np.float32) * s).astype(np.int64), n_in - 1)
         i1, w0, w1 = i0, None, None
-        wt_of = (np.ones(n_out, dtype),)
+        wt_of = (np.ones(n_out, T),)
         idx, outs = i0, o
     else:
-        T = np.float64 if np.dtype(dtype) == np.float64 else np.float32
         if n_out == n_in:
             i0 = i1 = o
             lam = np.zeros(n_out, T)
@@ -871,11 +871,11 @@ def _dim_map(mode: str, n_in: int, n_out: int, scale, align_corners: bool, dtype
             i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
             lam = np.minimum(np.maximum(real - i0.astype(T), T(0)), T(1)).astype(T)
             i1 = i0 + (i0 < n_in - 1)
-        w0 = (T(1) - lam).astype(dtype)
-        w1 = lam.astype(dtype)
+        w0 = (T(1) - lam).astype(T)
+        w1 = lam.astype(T)
         wt_of = (w0, w1)
         idx, outs = np.concatenate([i0, i1]), np.concatenate([o, o])
-    wt = np.concatenate(wt_of).astype(dtype)
+    wt = np.concatenate(wt_of).astype(T)
     order = np.lexsort((outs, idx))              # by input index, then output; stable
     ptr = np.zeros(n_in + 1, np.int64)
     np.cumsum(np.bincount(idx, minlength=n_in), out=ptr[1:])
