@@ -94,13 +94,14 @@ class Module:
             self._buffers[name] = value          # a buffer stays one (None included)
             object.__setattr__(self, name, value)
             return
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
-        self._buffers.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        # replacing a parameter or module keeps its place (state_dict and Sequential order)
+        kind = (self._parameters if isinstance(value, Parameter)
+                else self._modules if isinstance(value, Module) else None)
+        for d in (self._parameters, self._modules, self._buffers):
+            if d is not kind:
+                d.pop(name, None)
+        if kind is not None:
+            kind[name] = value
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
