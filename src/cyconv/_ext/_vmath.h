@@ -89,7 +89,8 @@ static inline float cy_tanhf(float x) {
     return y;                       /* NaN: every select keeps p / q = NaN */
 }
 
-static inline float cy_erff(float x) {
+/* erf(x) given e = exp(-x * x) (GELU's gradient shares e with the normal density) */
+static inline float cy_erff_e(float x, float e) {
     float ax = x < 0 ? -x : x;
     float t = 1.0f / (0.3275911f * ax + 1.0f);
     float r = 1.061405429f;
@@ -97,9 +98,11 @@ static inline float cy_erff(float x) {
     r = r * t + 1.421413741f;
     r = r * t + -0.284496736f;
     r = r * t + 0.254829592f;
-    float e = 1.0f - r * t * cy_expf(-ax * ax);
-    return x < 0 ? -e : (x != x ? x : e);
+    float v = 1.0f - r * t * e;
+    return x < 0 ? -v : (x != x ? x : v);
 }
+
+static inline float cy_erff(float x) { return cy_erff_e(x, cy_expf(-x * x)); }
 
 static inline double cy_expd(double x) { return exp(x); }
 static inline double cy_tanhd(double x) { return tanh(x); }
@@ -218,8 +221,10 @@ static inline float cy_silu_f(float x) { return x / (1.0f + cy_expf(-x)); }
 static inline double cy_silu_d(double x) { return x / (1.0 + exp(-x)); }
 
 static inline float cy_gelu_grad_f(float gy, float x) {
-    float cdf = 0.5f * (1.0f + cy_erff(x * (float)CY_SQRT1_2));
-    float pdf = cy_expf(-0.5f * x * x) * (float)CY_INV_SQRT_2PI;
+    float z = x * (float)CY_SQRT1_2;
+    float e = cy_expf(-z * z);                       /* exp(-x**2 / 2), used twice */
+    float cdf = 0.5f * (1.0f + cy_erff_e(z, e));
+    float pdf = e * (float)CY_INV_SQRT_2PI;
     return gy * (cdf + x * pdf);
 }
 static inline double cy_gelu_grad_d(double gy, double x) {
