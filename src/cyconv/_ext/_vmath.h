@@ -254,3 +254,89 @@ static inline double cy_silu_grad_d(double gy, double x) {
     double s = 1.0 / (1.0 + exp(-x));
     return gy * s * (1.0 + x * (1.0 - s));
 }
+
+/* -- softmax helpers (vectorised reductions and selects) ------------------------------------ */
+
+/* sum(exp(x - m)), storing each exp(x - m) in y unless y is NULL */
+static inline float cy_f_exp_sum(const float* x, float* y, ptrdiff_t n, float m) {
+    float s = 0;
+    if (y != NULL) {
+        CY_SIMD_REDUCE(s)
+        for (ptrdiff_t i = 0; i < n; ++i) {
+            float e = cy_expf(x[i] - m);
+            y[i] = e;
+            s += e;
+        }
+    } else {
+        CY_SIMD_REDUCE(s)
+        for (ptrdiff_t i = 0; i < n; ++i) s += cy_expf(x[i] - m);
+    }
+    return s;
+}
+
+static inline double cy_d_exp_sum(const double* x, double* y, ptrdiff_t n, double m) {
+    double s = 0;
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        double e = exp(x[i] - m);
+        if (y != NULL) y[i] = e;
+        s += e;
+    }
+    return s;
+}
+
+/* sum(a * b), or sum(a) when b is NULL, in the element type */
+static inline float cy_f_dotf(const float* a, const float* b, ptrdiff_t n) {
+    float s = 0;
+    if (b == NULL) {
+        CY_SIMD_REDUCE(s)
+        for (ptrdiff_t i = 0; i < n; ++i) s += a[i];
+    } else {
+        CY_SIMD_REDUCE(s)
+        for (ptrdiff_t i = 0; i < n; ++i) s += a[i] * b[i];
+    }
+    return s;
+}
+
+static inline double cy_d_dotf(const double* a, const double* b, ptrdiff_t n) {
+    double s = 0;
+    if (b == NULL) {
+        CY_SIMD_REDUCE(s)
+        for (ptrdiff_t i = 0; i < n; ++i) s += a[i];
+    } else {
+        CY_SIMD_REDUCE(s)
+        for (ptrdiff_t i = 0; i < n; ++i) s += a[i] * b[i];
+    }
+    return s;
+}
+
+/* m[i] = max(m[i], x[i]) (a NaN in x is skipped: the exponentials carry it) */
+static inline void cy_f_max_into(float* m, const float* x, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; ++i) m[i] = x[i] > m[i] ? x[i] : m[i];
+}
+
+static inline void cy_d_max_into(double* m, const double* x, ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; ++i) m[i] = x[i] > m[i] ? x[i] : m[i];
+}
+
+/* s[i] += exp(x[i] - m[i]), storing the exponentials in y unless y is NULL */
+static inline void cy_f_exp_acc(const float* x, const float* m, float* s, float* y,
+                                ptrdiff_t n) {
+    if (y != NULL) {
+        for (ptrdiff_t i = 0; i < n; ++i) {
+            float e = cy_expf(x[i] - m[i]);
+            y[i] = e;
+            s[i] += e;
+        }
+    } else {
+        for (ptrdiff_t i = 0; i < n; ++i) s[i] += cy_expf(x[i] - m[i]);
+    }
+}
+
+static inline void cy_d_exp_acc(const double* x, const double* m, double* s, double* y,
+                                ptrdiff_t n) {
+    for (ptrdiff_t i = 0; i < n; ++i) {
+        double e = exp(x[i] - m[i]);
+        if (y != NULL) y[i] = e;
+        s[i] += e;
+    }
+}

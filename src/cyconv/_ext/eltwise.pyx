@@ -46,6 +46,14 @@ cdef extern from "_vmath.h" nogil:
     double cy_silu_grad_d(double gy, double x)
     float cy_f_max(const float* a, Py_ssize_t n)
     double cy_d_max(const double* a, Py_ssize_t n)
+    float cy_f_exp_sum(const float* x, float* y, Py_ssize_t n, float m)
+    double cy_d_exp_sum(const double* x, double* y, Py_ssize_t n, double m)
+    float cy_f_dotf(const float* a, const float* b, Py_ssize_t n)
+    double cy_d_dotf(const double* a, const double* b, Py_ssize_t n)
+    void cy_f_max_into(float* m, const float* x, Py_ssize_t n)
+    void cy_d_max_into(double* m, const double* x, Py_ssize_t n)
+    void cy_f_exp_acc(const float* x, const float* m, float* s, float* y, Py_ssize_t n)
+    void cy_d_exp_acc(const double* x, const double* m, double* s, double* y, Py_ssize_t n)
 
 cdef enum:
     # Elements per work item of the element-wise kernels, and columns per softmax item.
@@ -79,6 +87,38 @@ cdef inline floating f_max(const floating* a, Py_ssize_t n) noexcept nogil:
         return cy_f_max(a, n)
     else:
         return cy_d_max(a, n)
+
+
+cdef inline floating exp_sum(const floating* x, floating* y, Py_ssize_t n,
+                             floating m) noexcept nogil:
+    """sum(exp(x - m)), storing the exponentials in y unless it is NULL."""
+    if floating is float:
+        return cy_f_exp_sum(x, y, n, m)
+    else:
+        return cy_d_exp_sum(x, y, n, m)
+
+
+cdef inline floating dotf(const floating* a, const floating* b, Py_ssize_t n) noexcept nogil:
+    """sum(a * b), or sum(a) for b NULL."""
+    if floating is float:
+        return cy_f_dotf(a, b, n)
+    else:
+        return cy_d_dotf(a, b, n)
+
+
+cdef inline void max_into(floating* m, const floating* x, Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cy_f_max_into(m, x, n)
+    else:
+        cy_d_max_into(m, x, n)
+
+
+cdef inline void exp_acc(const floating* x, const floating* m, floating* s, floating* y,
+                         Py_ssize_t n) noexcept nogil:
+    if floating is float:
+        cy_f_exp_acc(x, m, s, y, n)
+    else:
+        cy_d_exp_acc(x, m, s, y, n)
 
 
 cdef void act_block(const floating* x, floating* y, Py_ssize_t n, int op,
@@ -281,48 +321,34 @@ def dropout_backward(const floating[::1] gy, const uint8_t[::1] mask, floating[:
 cdef void softmax_row(const floating* x, floating* y, Py_ssize_t D, bint logsm) noexcept nogil:
     """One row (inner == 1): y = softmax(x) or log_softmax(x) over D contiguous values."""
     cdef Py_ssize_t d
-    cdef floating m = f_max(x, D), s = 0, e, c
+    cdef floating m = f_max(x, D), s, c
     if logsm:
-        for d in range(D):
-            s = s + f_exp(x[d] - m)
-        c = m + <floating> log(s)
+        c = m + <floating> log(exp_sum(x, <floating*> NULL, D, m))
         for d in range(D):
             y[d] = x[d] - c
     else:
-        for d in range(D):
-            e = f_exp(x[d] - m)
-            y[d] = e
-            s = s + e
-        c = 1 / s
+        c = 1 / exp_sum(x, y, D, m)
         for d in range(D):
             y[d] = y[d] * c
 
 
 cdef void softmax_cols(const floating* x, floating* y, Py_ssize_t D, Py_ssize_t inner,
                        Py_ssize_t w, bint logsm) noexcept nogil:
-    """``w`` <= CHUNK adjacent columns of one (D, inner) slab; x, y point at the first."""
+    """``w`` <= CHUNK adjacent columns of one (D, inner) slab; x, y point at the first.
+    Three sweeps over the D rows: column maxima, sums of exponentials (stored in y for
+    softmax), the output."""
     cdef floating m[CHUNK]
     cdef floating s[CHUNK]
     cdef Py_ssize_t d, j
     cdef const floating* xr
     cdef floating* yr
-    cdef floating v, e
     for j in range(w):
         m[j] = -INFINITY
         s[j] = 0
     for d in range(D):
-        xr = x + d * inner
-        for j in range(w):
-            v = xr[j]
-            m[j] = v if v > m[j] else m[j]
+        max_into(m, x + d * inner, w)
     for d in range(D):
-        xr = x + d * inner
-        yr = y + d * inner
-        for j in range(w):
-            e = f_exp(xr[j] - m[j])
-            s[j] = s[j] + e
-            if not logsm:
-                yr[j] = e
+        exp_acc(x + d * inner, m, s, <floating*> NULL if logsm else y + d * inner, w)
     for j in range(w):
         s[j] = (m[j] + <floating> log(s[j])) if logsm else (1 / s[j])
     for d in range(D):
@@ -339,15 +365,13 @@ cdef void softmax_cols(const floating* x, floating* y, Py_ssize_t D, Py_ssize_t 
 cdef void softmax_grad_row(const floating* gy, const floating* y, floating* gx, Py_ssize_t D,
                            bint logsm) noexcept nogil:
     cdef Py_ssize_t d
-    cdef floating s = 0
+    cdef floating s
     if logsm:
-        for d in range(D):
-            s = s + gy[d]
+        s = dotf(gy, <const floating*> NULL, D)
         for d in range(D):
             gx[d] = gy[d] - f_exp(y[d]) * s
     else:
-        for d in range(D):
-            s = s + gy[d] * y[d]
+        s = dotf(gy, y, D)
         for d in range(D):
             gx[d] = y[d] * (gy[d] - s)
 
@@ -358,20 +382,22 @@ cdef void softmax_grad_cols(const floating* gy, const floating* y, floating* gx,
     cdef Py_ssize_t d, j, o
     for j in range(w):
         s[j] = 0
-    for d in range(D):
-        o = d * inner
-        if logsm:
+    if logsm:
+        for d in range(D):
+            o = d * inner
             for j in range(w):
                 s[j] = s[j] + gy[o + j]
-        else:
-            for j in range(w):
-                s[j] = s[j] + gy[o + j] * y[o + j]
-    for d in range(D):
-        o = d * inner
-        if logsm:
+        for d in range(D):
+            o = d * inner
             for j in range(w):
                 gx[o + j] = gy[o + j] - f_exp(y[o + j]) * s[j]
-        else:
+    else:
+        for d in range(D):
+            o = d * inner
+            for j in range(w):
+                s[j] = s[j] + gy[o + j] * y[o + j]
+        for d in range(D):
+            o = d * inner
             for j in range(w):
                 gx[o + j] = y[o + j] * (gy[o + j] - s[j])
 
