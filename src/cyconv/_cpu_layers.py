@@ -101,38 +101,44 @@ def dropout_backward(gy, mask, p):
 
 # -- batch normalisation ----------------------------------------------------------------------
 
-def _vec(v, C, fill):
-    """A per-channel vector as contiguous float64 (``fill`` for None)."""
-    if v is None:
-        return np.full(C, fill)
+def _stat(v):
+    """A per-channel statistic as contiguous float64."""
     return np.ascontiguousarray(v, dtype=np.float64)
+
+
+def _native(v):
+    """A per-channel vector of the input's dtype, contiguous and native (None passes)."""
+    return None if v is None else _contiguous(v)
 
 
 def _nc_threads(x3):
     return threads_for(x3.size * 4) if x3.shape[1] > 1 else 1
 
 
-def batch_norm_train(x3, w, b, eps):
-    """Training forward of ``x3`` (N, C, S): ``(y, mean, var, invstd)``, the statistics
-    per channel over N and S (``var`` biased), float64."""
+def batch_norm_train(x3, w, b, eps, running_mean=None, running_var=None, momentum=0.0):
+    """Training forward of ``x3`` (N, C, S): ``(y, mean, invstd)``, the statistics per
+    channel over N and S (float64).  ``running_mean``/``running_var`` (or None) are
+    updated in place: ``(1 - momentum) * r + momentum * stat``, the variance unbiased."""
     x3 = _contiguous(x3)
-    C = x3.shape[1]
     y = np.empty_like(x3)
-    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
-    kernels("norm").batch_norm_train(x3, y, _vec(w, C, 1.0), _vec(b, C, 0.0), mean, var,
-                                     invstd, eps, _nc_threads(x3))
-    return y, mean, var, invstd
+    stats = np.empty((3, x3.shape[1]))
+    rm, rv = _native(running_mean), _native(running_var)
+    kernels("norm").batch_norm_train(x3, y, _native(w), _native(b), stats, eps, rm, rv,
+                                     momentum, _nc_threads(x3))
+    if rm is not None and rm is not running_mean:      # a strided or byte-swapped buffer
+        running_mean[...] = rm
+        running_var[...] = rv
+    return y, stats[0], stats[2]
 
 
 def batch_norm_stats(x3, eps):
     """``(mean, invstd)`` of ``x3`` (N, C, S) per channel, as the training forward
     computes them (no output)."""
     x3 = _contiguous(x3)
-    C = x3.shape[1]
-    mean, var, invstd = np.empty(C), np.empty(C), np.empty(C)
-    kernels("norm").batch_norm_train(x3, None, np.ones(C), np.zeros(C), mean, var, invstd,
-                                     eps, _nc_threads(x3))
-    return mean, invstd
+    stats = np.empty((3, x3.shape[1]))
+    kernels("norm").batch_norm_train(x3, None, None, None, stats, eps, None, None, 0.0,
+                                     _nc_threads(x3))
+    return stats[0], stats[2]
 
 
 def running_invstd(running_var, eps):
@@ -143,24 +149,26 @@ def running_invstd(running_var, eps):
 def batch_norm_apply(x3, mean, invstd, w, b):
     """Evaluation forward: ``(x3 - mean) * invstd * w + b`` per channel."""
     x3 = _contiguous(x3)
-    C = x3.shape[1]
     y = np.empty_like(x3)
-    kernels("norm").batch_norm_apply(x3, y, _vec(mean, C, 0.0), _vec(invstd, C, 1.0),
-                                     _vec(w, C, 1.0), _vec(b, C, 0.0), _nc_threads(x3))
+    kernels("norm").batch_norm_apply(x3, y, _stat(mean), _stat(invstd), _native(w),
+                                     _native(b), _nc_threads(x3))
     return y
 
 
 def batch_norm_backward(gy3, x3, mean, invstd, w, train):
     """``(gx, gw, gb)`` of batch norm from ``gy3`` and ``x3`` (N, C, S) and the
-    statistics the forward used; ``train``: through the batch statistics."""
+    statistics the forward used (None: 0 and 1, for an empty batch); ``train``: through
+    the batch statistics.  ``gw``, ``gb`` have the input's dtype."""
     gy3 = _contiguous(gy3)
     x3 = _contiguous(x3)
     C = x3.shape[1]
     gx = np.empty_like(gy3)
-    gw, gb = np.empty(C), np.empty(C)
-    kernels("norm").batch_norm_backward(gy3, x3, gx, _vec(mean, C, 0.0), _vec(invstd, C, 1.0),
-                                        _vec(w, C, 1.0), train, gw, gb, _nc_threads(x3))
-    return gx, gw, gb
+    grads = np.empty((2, C), x3.dtype)
+    mean = np.zeros(C) if mean is None else _stat(mean)
+    invstd = np.ones(C) if invstd is None else _stat(invstd)
+    kernels("norm").batch_norm_backward(gy3, x3, gx, mean, invstd, _native(w), train, grads,
+                                        _nc_threads(x3))
+    return gx, grads[0], grads[1]
 
 
 # -- interpolate -------------------------------------------------------------------------------

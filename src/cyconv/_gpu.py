@@ -694,12 +694,17 @@ def running_invstd(running_var, eps):
         return 1 / cp.sqrt(v + eps)
 
 
-def batch_norm_train(x3, w, b, eps):
-    """Training forward: ``(y, mean, var, invstd)`` (``var`` biased)."""
+def batch_norm_train(x3, w, b, eps, running_mean=None, running_var=None, momentum=0.0):
+    """Training forward: ``(y, mean, invstd)``; the running statistics (or None) are
+    updated in place with the unbiased variance."""
     mean, var = _moments(x3)
     with _on_device(x3):
         invstd = 1 / _xp().sqrt(var + eps)
-        return batch_norm_apply(x3, mean, invstd, w, b), mean, var, invstd
+        if running_mean is not None:
+            n = x3.shape[0] * x3.shape[2]
+            running_mean[...] = momentum * mean + (1 - momentum) * running_mean
+            running_var[...] = momentum * (var * (n / (n - 1))) + (1 - momentum) * running_var
+        return batch_norm_apply(x3, mean, invstd, w, b), mean, invstd
 
 
 def batch_norm_apply(x3, mean, invstd, w, b):
@@ -726,7 +731,7 @@ def batch_norm_backward(gy3, x3, mean, invstd, w, train):
         acc = _acc(x3.dtype)
         gx = cp.empty_like(gy3)
         if N * S == 0:
-            return gx, cp.zeros(C, acc), cp.zeros(C, acc)
+            return gx, cp.zeros(C, x3.dtype), cp.zeros(C, x3.dtype)
         m = _vec(cp, mean, C, 0.0, acc)
         inv = _vec(cp, invstd, C, 1.0, acc)
         wv = _vec(cp, w, C, 1.0, acc)
@@ -744,7 +749,7 @@ def batch_norm_backward(gy3, x3, mean, invstd, w, train):
                (gy3, x3, gx, m, cp.ascontiguousarray(k1, dtype=acc),
                 cp.ascontiguousarray(k2, dtype=acc), cp.ascontiguousarray(k3, dtype=acc),
                 N, C, S), total=x3.size)
-        return gx, sgx * inv, sg
+        return gx, (sgx * inv).astype(x3.dtype), sg.astype(x3.dtype)
 
 
 def _device_maps(m, dev, acc):

@@ -57,11 +57,8 @@ def forward(input, running_mean, running_var, weight=None, bias=None, training=F
         return y3.reshape(bp.x_shape), (mean, invstd)
     if bp.count == 0 or bp.C == 0:        # PyTorch: an empty output, statistics untouched
         return input.copy(), None
-    y3, mean, var, invstd = be.batch_norm_train(x3, weight, bias, eps)
-    if running_mean is not None:
-        n = bp.count
-        running_mean[...] = momentum * mean + (1 - momentum) * running_mean
-        running_var[...] = momentum * (var * (n / (n - 1))) + (1 - momentum) * running_var
+    y3, mean, invstd = be.batch_norm_train(x3, weight, bias, eps, running_mean, running_var,
+                                           momentum)
     return y3.reshape(bp.x_shape), (mean, invstd)
 
 
@@ -160,8 +157,7 @@ def grad_batch_norm(grad_output, input, running_mean, running_var, weight=None,
     else:
         mean, invstd = running_mean, be.running_invstd(running_var, eps)
     gx, gw, gb = be.batch_norm_backward(gy3, x3, mean, invstd, weight, bp.training)
-    dt = input.dtype.newbyteorder("=")
-    return gx.reshape(bp.x_shape), gw.astype(dt), gb.astype(dt)
+    return gx.reshape(bp.x_shape), gw, gb
 
 
 _publish(batch_norm, "batch_norm")

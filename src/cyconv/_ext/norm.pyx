@@ -98,13 +98,25 @@ cdef void channel_forward(const floating* x, floating* y, Py_ssize_t N, Py_ssize
                    <floating> b)
 
 
+cdef inline double at(const floating* v, Py_ssize_t c, double fill) noexcept nogil:
+    """v[c] in double, ``fill`` for a NULL vector."""
+    return fill if v == NULL else <double> v[c]
+
+
 cdef void channel_train(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
-                        Py_ssize_t S, double eps, double w, double b, double* mean,
-                        double* var, double* invstd) noexcept nogil:
-    channel_stats(x, N, C, S, mean, var)
-    invstd[0] = 1 / sqrt(var[0] + eps)
+                        Py_ssize_t S, Py_ssize_t c, double eps, const floating* w,
+                        const floating* b, double* stats, floating* rm, floating* rv,
+                        double momentum) noexcept nogil:
+    """Channel c: statistics into stats[c], stats[C + c], stats[2C + c] (mean, var,
+    invstd), the output, and the running statistics' update (unbiased variance)."""
+    cdef double n = <double> (N * S)
+    channel_stats(x, N, C, S, &stats[c], &stats[C + c])
+    stats[2 * C + c] = 1 / sqrt(stats[C + c] + eps)
     if y != NULL:
-        channel_forward(x, y, N, C, S, mean[0], invstd[0], w, b)
+        channel_forward(x, y, N, C, S, stats[c], stats[2 * C + c], at(w, c, 1), at(b, c, 0))
+    if rm != NULL:
+        rm[c] = <floating> (momentum * stats[c] + (1 - momentum) * rm[c])
+        rv[c] = <floating> (momentum * stats[C + c] * n / (n - 1) + (1 - momentum) * rv[c])
 
 
 cdef int check_nc(str name, tuple got, tuple want) except -1:
@@ -113,67 +125,100 @@ cdef int check_nc(str name, tuple got, tuple want) except -1:
     return 0
 
 
+cdef inline const floating* ptr_or_null(const floating[::1] v, Py_ssize_t C, str name) except? NULL:
+    if v is None:
+        return NULL
+    check_nc(name, (v.shape[0],), (C,))
+    return &v[0]
+
+
 def batch_norm_train(const floating[:, :, ::1] x, floating[:, :, ::1] y,
-                     const double[::1] w, const double[::1] b, double[::1] mean,
-                     double[::1] var, double[::1] invstd, double eps,
-                     Py_ssize_t n_threads):
-    """Training forward: per channel, the batch ``mean``, biased ``var`` and ``invstd``
-    (written) and, unless ``y`` is None, y = (x - mean) * invstd * w + b."""
+                     const floating[::1] w, const floating[::1] b, double[:, ::1] stats,
+                     double eps, floating[::1] running_mean, floating[::1] running_var,
+                     double momentum, Py_ssize_t n_threads):
+    """Training forward: per channel c the batch mean, biased variance and invstd
+    (written to ``stats[0:3, c]``) and, unless ``y`` is None,
+    y = (x - mean) * invstd * w + b (w, b None: 1 and 0).  ``running_mean`` and
+    ``running_var`` (or None) are updated in place with ``momentum`` and the unbiased
+    variance; N * S must be >= 2 then."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
     if y is not None:
         check_nc("y", (y.shape[0], y.shape[1], y.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
-    for name, v in (("w", w), ("b", b), ("mean", mean), ("var", var), ("invstd", invstd)):
-        check_nc(name, (v.shape[0],), (C,))
+    check_nc("stats", (stats.shape[0], stats.shape[1]), (3, C))
+    cdef const floating* wp = ptr_or_null(w, C, "w")
+    cdef const floating* bp = ptr_or_null(b, C, "b")
+    cdef floating* rmp = <floating*> ptr_or_null(running_mean, C, "running_mean")
+    cdef floating* rvp = <floating*> ptr_or_null(running_var, C, "running_var")
+    if (rmp == NULL) != (rvp == NULL):
+        raise ValueError("batch_norm kernel: give both running statistics or neither")
     if N * S == 0 or C == 0:
         return
+    if rmp != NULL and N * S < 2:
+        raise ValueError("batch_norm kernel: the unbiased variance needs N * S >= 2")
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &y[0, 0, 0] if y is not None else NULL
+    cdef double* sp = &stats[0, 0]
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
-            channel_train(xp + c * S, (yp + c * S) if yp != NULL else NULL, N, C, S, eps, w[c], b[c], &mean[c],
-                          &var[c], &invstd[c])
+        if n_threads == 1:
+            for c in range(C):
+                channel_train(xp + c * S, (yp + c * S) if yp != NULL else NULL, N, C, S, c,
+                              eps, wp, bp, sp, rmp, rvp, momentum)
+        else:
+            for c in prange(C, schedule="static", num_threads=n_threads):
+                channel_train(xp + c * S, (yp + c * S) if yp != NULL else NULL, N, C, S, c,
+                              eps, wp, bp, sp, rmp, rvp, momentum)
+
+
+cdef void channel_apply(const floating* x, floating* y, Py_ssize_t N, Py_ssize_t C,
+                        Py_ssize_t S, Py_ssize_t c, const double* mean, const double* invstd,
+                        const floating* w, const floating* b) noexcept nogil:
+    channel_forward(x, y, N, C, S, mean[c], invstd[c], at(w, c, 1), at(b, c, 0))
 
 
 def batch_norm_apply(const floating[:, :, ::1] x, floating[:, :, ::1] y,
-                     const double[::1] mean, const double[::1] invstd, const double[::1] w,
-                     const double[::1] b, Py_ssize_t n_threads):
+                     const double[::1] mean, const double[::1] invstd, const floating[::1] w,
+                     const floating[::1] b, Py_ssize_t n_threads):
     """Evaluation forward: y = (x - mean) * invstd * w + b with the given statistics."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
     check_nc("y", (y.shape[0], y.shape[1], y.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
-    for name, v in (("w", w), ("b", b), ("mean", mean), ("invstd", invstd)):
-        check_nc(name, (v.shape[0],), (C,))
+    check_nc("mean", (mean.shape[0],), (C,))
+    check_nc("invstd", (invstd.shape[0],), (C,))
+    cdef const floating* wp = ptr_or_null(w, C, "w")
+    cdef const floating* bp = ptr_or_null(b, C, "b")
     if N * S == 0 or C == 0:
         return
     cdef const floating* xp = &x[0, 0, 0]
     cdef floating* yp = &y[0, 0, 0]
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
-            channel_forward(xp + c * S, yp + c * S, N, C, S, mean[c], invstd[c], w[c], b[c])
+        if n_threads == 1:
+            for c in range(C):
+                channel_apply(xp + c * S, yp + c * S, N, C, S, c, &mean[0], &invstd[0], wp, bp)
+        else:
+            for c in prange(C, schedule="static", num_threads=n_threads):
+                channel_apply(xp + c * S, yp + c * S, N, C, S, c, &mean[0], &invstd[0], wp, bp)
 
 
 cdef void channel_backward(const floating* gy, const floating* x, floating* gx, Py_ssize_t N,
-                           Py_ssize_t C, Py_ssize_t S, double m, double invstd, double w,
-                           bint train, double* gw, double* gb) noexcept nogil:
+                           Py_ssize_t C, Py_ssize_t S, Py_ssize_t c, const double* mean,
+                           const double* invstd_v, const floating* wv, bint train,
+                           floating* grads) noexcept nogil:
+    """Channel c: grads[c] = sum(gy * xhat), grads[C + c] = sum(gy), and gx."""
     cdef Py_ssize_t n, i, off
-    cdef double sg = 0, sgx = 0, cnt = <double> (N * S)
+    cdef double sg = 0, sgx = 0, cnt = <double> (N * S), m = mean[c], invstd = invstd_v[c]
+    cdef double w = at(wv, c, 1)
     cdef floating k1, k2, k3, fm = <floating> m
     cdef const floating* g
     cdef const floating* a
     cdef floating* o
     for n in range(N):
         vsum_dot(gy + n * C * S, x + n * C * S, S, m, &sg, &sgx)
-    gb[0] = sg
-    gw[0] = sgx * invstd
-    if gx == NULL:
-        return
+    grads[c] = <floating> (sgx * invstd)
+    grads[C + c] = <floating> sg
     # gx = gy * k1 - (x - m) * k2 - k3
     k1 = <floating> (w * invstd)
     if train:
         k2 = <floating> (w * invstd * invstd * invstd * sgx / cnt)
         k3 = <floating> (w * invstd * sg / cnt)
-    else:
-        k2 = 0
-        k3 = 0
     for n in range(N):
         off = n * C * S
         g = gy + off
@@ -189,29 +234,32 @@ cdef void channel_backward(const floating* gy, const floating* x, floating* gx, 
 
 def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] x,
                         floating[:, :, ::1] gx, const double[::1] mean,
-                        const double[::1] invstd, const double[::1] w, bint train,
-                        double[::1] gw, double[::1] gb, Py_ssize_t n_threads):
-    """gb = sum(gy), gw = sum(gy * xhat) per channel (written to ``gw``, ``gb``) and,
-    unless ``gx`` is None, the input gradient (``train``: through the batch statistics;
-    else with the statistics held constant).  ``mean``/``invstd`` are those the forward
-    used."""
+                        const double[::1] invstd, const floating[::1] w, bint train,
+                        floating[:, ::1] grads, Py_ssize_t n_threads):
+    """``grads[0] = sum(gy * xhat)`` and ``grads[1] = sum(gy)`` per channel, and the input
+    gradient ``gx`` (``train``: through the batch statistics; else with the statistics
+    held constant).  ``mean``/``invstd`` are those the forward used; w None is 1."""
     cdef Py_ssize_t N = x.shape[0], C = x.shape[1], S = x.shape[2], c
     check_nc("gy", (gy.shape[0], gy.shape[1], gy.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
-    if gx is not None:
-        check_nc("gx", (gx.shape[0], gx.shape[1], gx.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
-    for name, v in (("w", w), ("gw", gw), ("gb", gb), ("mean", mean), ("invstd", invstd)):
-        check_nc(name, (v.shape[0],), (C,))
+    check_nc("gx", (gx.shape[0], gx.shape[1], gx.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
+    check_nc("grads", (grads.shape[0], grads.shape[1]), (2, C))
+    check_nc("mean", (mean.shape[0],), (C,))
+    check_nc("invstd", (invstd.shape[0],), (C,))
+    cdef const floating* wp = ptr_or_null(w, C, "w")
     if C == 0:
         return
     if N * S == 0:
-        gw[:] = 0
-        gb[:] = 0
+        grads[:, :] = 0
         return
     cdef const floating* gyp = &gy[0, 0, 0]
     cdef const floating* xp = &x[0, 0, 0]
-    cdef floating* gxp = &gx[0, 0, 0] if gx is not None else NULL
+    cdef floating* gxp = &gx[0, 0, 0]
     with nogil:
-        for c in prange(C, schedule="static", num_threads=n_threads):
-            channel_backward(gyp + c * S, xp + c * S,
-                             (gxp + c * S) if gxp != NULL else NULL, N, C, S, mean[c],
-                             invstd[c], w[c], train, &gw[c], &gb[c])
+        if n_threads == 1:
+            for c in range(C):
+                channel_backward(gyp + c * S, xp + c * S, gxp + c * S, N, C, S, c, &mean[0],
+                                 &invstd[0], wp, train, &grads[0, 0])
+        else:
+            for c in prange(C, schedule="static", num_threads=n_threads):
+                channel_backward(gyp + c * S, xp + c * S, gxp + c * S, N, C, S, c, &mean[0],
+                                 &invstd[0], wp, train, &grads[0, 0])
