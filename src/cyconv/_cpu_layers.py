@@ -57,8 +57,7 @@ def softmax_forward(x, dim, log):
     """softmax (``log``: log_softmax) of ``x`` over ``dim``."""
     x = _contiguous(x)
     y = np.empty_like(x)
-    v = _three(x.shape, dim)
-    kernels("eltwise").softmax_forward(x.reshape(v), y.reshape(v), log,
+    kernels("eltwise").softmax_forward(x, y, *_three(x.shape, dim), log,
                                        threads_for(x.size * 20))
     return y
 
@@ -68,8 +67,7 @@ def softmax_backward(gy, y, dim, log):
     gy = _contiguous(gy)
     y = _contiguous(y)
     gx = np.empty_like(gy)
-    v = _three(gy.shape, dim)
-    kernels("eltwise").softmax_backward(gy.reshape(v), y.reshape(v), gx.reshape(v), log,
+    kernels("eltwise").softmax_backward(gy, y, gx, *_three(gy.shape, dim), log,
                                         threads_for(gy.size * 20))
     return gx
 

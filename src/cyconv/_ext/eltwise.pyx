@@ -425,46 +425,60 @@ cdef void softmax_item(const floating* a, const floating* b, floating* out, Py_s
         softmax_cols(a + off, out + off, D, inner, w, logsm)
 
 
-cdef void softmax_run(const floating[:, :, ::1] a, const floating[:, :, ::1] b,
-                      floating[:, :, ::1] out, bint logsm, bint backward,
-                      Py_ssize_t n_threads):
-    cdef Py_ssize_t outer = a.shape[0], D = a.shape[1], inner = a.shape[2]
+cdef void softmax_run(const floating* a, const floating* b, floating* out, Py_ssize_t outer,
+                      Py_ssize_t D, Py_ssize_t inner, bint logsm, bint backward,
+                      Py_ssize_t n_threads) noexcept nogil:
     cdef Py_ssize_t per = (inner + CHUNK - 1) // CHUNK
     cdef Py_ssize_t items = outer * inner if inner == 1 else outer * per, it
     if outer == 0 or D == 0 or inner == 0:
         return
-    cdef const floating* ap = &a[0, 0, 0]
-    cdef const floating* bp = &b[0, 0, 0]
-    cdef floating* op = &out[0, 0, 0]
-    with nogil:
-        if n_threads == 1:
-            for it in range(items):
-                softmax_item(ap, bp, op, it, D, inner, per, logsm, backward)
-        else:
-            for it in prange(items, schedule="static", num_threads=n_threads):
-                softmax_item(ap, bp, op, it, D, inner, per, logsm, backward)
+    if n_threads == 1:
+        for it in range(items):
+            softmax_item(a, b, out, it, D, inner, per, logsm, backward)
+    else:
+        for it in prange(items, schedule="static", num_threads=n_threads):
+            softmax_item(a, b, out, it, D, inner, per, logsm, backward)
 
 
-cdef int check_same(str name, tuple got, tuple want) except -1:
-    if got != want:
-        raise ValueError(f"softmax kernel: {name} has shape {got}, expected {want}")
+cdef int check_lines(cnp.ndarray a, Py_ssize_t outer, Py_ssize_t D,
+                     Py_ssize_t inner) except -1:
+    if outer < 0 or D < 0 or inner < 0 or cnp.PyArray_SIZE(a) != outer * D * inner:
+        raise ValueError(f"softmax kernel: ({outer}, {D}, {inner}) does not describe an array "
+                         f"of {cnp.PyArray_SIZE(a)} elements")
     return 0
 
 
-def softmax_forward(const floating[:, :, ::1] x, floating[:, :, ::1] y, bint logsm,
-                    Py_ssize_t n_threads):
-    """y = softmax (or log_softmax with ``logsm``) of ``x`` (outer, D, inner) over D.
+def softmax_forward(cnp.ndarray x, cnp.ndarray y, Py_ssize_t outer, Py_ssize_t D,
+                    Py_ssize_t inner, bint logsm, Py_ssize_t n_threads):
+    """y = softmax (or log_softmax with ``logsm``) of ``x``, viewed as (outer, D, inner),
+    over D.  A NaN in a slice makes the whole slice NaN; an all -inf slice gives NaN (as
+    PyTorch).  ndarrays, not memoryviews: small softmaxes are dominated by the call."""
+    check_flat("softmax", x, y)
+    check_lines(x, outer, D, inner)
+    if cnp.PyArray_TYPE(x) == cnp.NPY_FLOAT:
+        with nogil:
+            softmax_run(<const float*> cnp.PyArray_DATA(x), <const float*> NULL,
+                        <float*> cnp.PyArray_DATA(y), outer, D, inner, logsm, False, n_threads)
+    else:
+        with nogil:
+            softmax_run(<const double*> cnp.PyArray_DATA(x), <const double*> NULL,
+                        <double*> cnp.PyArray_DATA(y), outer, D, inner, logsm, False,
+                        n_threads)
 
-    A NaN in a slice makes the whole slice NaN; an all -inf slice gives NaN (as PyTorch).
-    """
-    check_same("y", (y.shape[0], y.shape[1], y.shape[2]), (x.shape[0], x.shape[1], x.shape[2]))
-    softmax_run(x, x, y, logsm, False, n_threads)     # b unused forward
 
-
-def softmax_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] y,
-                     floating[:, :, ::1] gx, bint logsm, Py_ssize_t n_threads):
+def softmax_backward(cnp.ndarray gy, cnp.ndarray y, cnp.ndarray gx, Py_ssize_t outer,
+                     Py_ssize_t D, Py_ssize_t inner, bint logsm, Py_ssize_t n_threads):
     """gx = y * (gy - sum(gy * y)) (softmax) or gy - exp(y) * sum(gy) (log_softmax), the
-    sums over D, from the forward output ``y``."""
-    check_same("y", (y.shape[0], y.shape[1], y.shape[2]), (gy.shape[0], gy.shape[1], gy.shape[2]))
-    check_same("gx", (gx.shape[0], gx.shape[1], gx.shape[2]), (gy.shape[0], gy.shape[1], gy.shape[2]))
-    softmax_run(gy, y, gx, logsm, True, n_threads)
+    sums over D of the (outer, D, inner) view, from the forward output ``y``."""
+    check_flat("softmax", gy, gx)
+    check_flat("softmax", y, gx)
+    check_lines(gy, outer, D, inner)
+    if cnp.PyArray_TYPE(gy) == cnp.NPY_FLOAT:
+        with nogil:
+            softmax_run(<const float*> cnp.PyArray_DATA(gy), <const float*> cnp.PyArray_DATA(y),
+                        <float*> cnp.PyArray_DATA(gx), outer, D, inner, logsm, True, n_threads)
+    else:
+        with nogil:
+            softmax_run(<const double*> cnp.PyArray_DATA(gy),
+                        <const double*> cnp.PyArray_DATA(y), <double*> cnp.PyArray_DATA(gx),
+                        outer, D, inner, logsm, True, n_threads)
