@@ -102,7 +102,8 @@ def run(threads=2, repeats=7, min_time=0.05, warmup=2, seed=0, progress=True) ->
 
 
 def table(result) -> str:
-    head = "| layer (forward + backward) | cyconv ms | torch ms | cyconv/torch | target | met | check |"
+    head = ("| layer (forward + backward) | cyconv ms | torch ms | cyconv/torch | target | met "
+            "| check |")
     lines = [head, "|---|---:|---:|---:|---:|---|---|"]
     for r in result["rows"]:
         lines.append(f"| {r['layer']} | {r['ms']['cyconv']:.2f} | {r['ms']['torch']:.2f} | "

@@ -114,7 +114,8 @@ __global__ void softmax_forward(const T* __restrict__ x, T* __restrict__ y, cons
         for (I d = 0; d < D; ++d) s += cyc_exp(to_acc(x[off + d * inner]) - m);
         if (logsm) {
             const A c = m + cyc_log(s);
-            for (I d = 0; d < D; ++d) y[off + d * inner] = from_acc<T>(to_acc(x[off + d * inner]) - c);
+            for (I d = 0; d < D; ++d)
+                y[off + d * inner] = from_acc<T>(to_acc(x[off + d * inner]) - c);
         } else {
             const A inv = A(1) / s;
             for (I d = 0; d < D; ++d)

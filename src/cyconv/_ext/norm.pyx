@@ -22,7 +22,8 @@ running statistics).  Backward, with xhat = (x - mean) * invstd::
     evaluation:  gx = w * invstd * gy
 
 NumPy equivalent of the training forward:
-``m = x.mean((0, 2)); v = x.var((0, 2)); y = (x - m[:, None]) / np.sqrt(v + eps)[:, None] * w[:, None] + b[:, None]``.
+``m = x.mean((0, 2))[:, None]; v = x.var((0, 2))[:, None]``,
+``y = (x - m) / np.sqrt(v + eps) * w[:, None] + b[:, None]``.
 """
 from cython.parallel cimport prange
 from libc.math cimport sqrt
@@ -125,7 +126,8 @@ cdef int check_nc(str name, tuple got, tuple want) except -1:
     return 0
 
 
-cdef inline const floating* ptr_or_null(const floating[::1] v, Py_ssize_t C, str name) except? NULL:
+cdef inline const floating* ptr_or_null(const floating[::1] v, Py_ssize_t C,
+                                        str name) except? NULL:
     if v is None:
         return NULL
     check_nc(name, (v.shape[0],), (C,))
