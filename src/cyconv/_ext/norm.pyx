@@ -1,8 +1,10 @@
 """Batch-normalisation kernels, forward and backward, float32 and float64.
 
 Arrays are C-contiguous ``(N, C, S)`` (S = the product of the spatial dims; the caller,
-:mod:`cyconv._cpu_layers`, reshapes and checks them); per-channel vectors are
-``(C,)`` float64.  Threads split the channels (``prange``): each channel's statistics
+:mod:`cyconv._cpu_layers`, reshapes and checks them); the per-channel statistics
+(mean, invstd) are float64, the affine vectors, running statistics and parameter
+gradients ``(C,)`` arrays of the input's dtype (None: no affine transform, no running
+statistics).  Threads split the channels (``prange``): each channel's statistics
 and outputs are computed by one thread, in a fixed order, so results are bit-identical
 for any thread count.  Sums run in float64 (``_vmath.h``'s vectorised reductions).
 
