@@ -196,3 +196,26 @@ def test_resnet_example_trains_and_fuses():
     assert result["accuracy"] > 0.3
     assert result["batch_norms"] == (6, 0)
     assert result["fused_max_abs_diff"] < 1e-4
+
+
+def test_summary_leaves_running_statistics_alone():
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU())
+    before = {k: v.copy() for k, v in model.state_dict().items()}
+    model.summary((2, 1, 8, 8), file=open(os.devnull, "w"))
+    for key, value in model.state_dict().items():
+        np.testing.assert_array_equal(value, before[key], err_msg=key)
+
+
+def test_buffers_are_registered_saved_and_loaded():
+    bn = nn.BatchNorm1d(3)
+    assert [k for k, _ in bn.named_buffers()] == ["running_mean", "running_var",
+                                                  "num_batches_tracked"]
+    assert [k for k, _ in nn.BatchNorm1d(3, track_running_stats=False).named_buffers()] == []
+    bn.load_state_dict({"weight": np.full(3, 2.0), "bias": np.zeros(3),
+                        "running_mean": np.arange(3.0), "running_var": np.ones(3),
+                        "num_batches_tracked": np.array(7)})
+    assert bn.running_mean.dtype == np.float32 and int(bn.num_batches_tracked) == 7
+    np.testing.assert_array_equal(bn.running_mean, [0, 1, 2])
+    with pytest.raises(ValueError, match=r"register_buffer: the name must be a non-empty "
+                                         r"string without '.'"):
+        bn.register_buffer("a.b", None)
