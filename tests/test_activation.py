@@ -380,3 +380,29 @@ def test_identity_layer():
     assert layer(x) is x
     assert layer.backward(x) is x
     assert list(layer.state_dict()) == []
+
+
+# -- the layers benchmark's command line ----------------------------------------------------------
+
+def test_bench_layers_flag_writes_a_report(monkeypatch, tmp_path):
+    from cyconv import _bench, _bench_layers
+    seen = {}
+
+    def fake_run(threads, repeats, min_time, seed):
+        seen.update(threads=threads, repeats=repeats)
+        row = {"layer": "BatchNorm2d", "target": 1.0, "check": "ok",
+               "ms": {"cyconv": 1.0, "torch": 2.0}, "ratio": 0.5, "met": True, "number": {}}
+        return {"settings": {"threads": threads, "repeats": repeats, "min_time": min_time,
+                             "warmup": 2, "shape": _bench_layers.SHAPE, "dtype": "float32",
+                             "load_average": [0.5, 0.7]},
+                "torch": {"version": "x"}, "info": {"version": "0", "simd": "avx2",
+                                                    "openmp": True}, "rows": [row]}
+
+    monkeypatch.setattr(_bench_layers, "run", fake_run)
+    out = tmp_path / "layers.md"
+    assert _bench.main(["--layers", "--repeats", "3", "--out", str(out)]) == 0
+    assert seen == {"threads": 2, "repeats": 3}
+    text = out.read_text()
+    assert "`python -m cyconv bench --layers --repeats 3 --out " in text
+    assert "| BatchNorm2d | 1.00 | 2.00 | 0.50 | 1.0 | yes | ok |" in text
+    assert (tmp_path / "layers.json").exists()

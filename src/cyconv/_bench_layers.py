@@ -11,6 +11,7 @@ per-round ratios cyconv / PyTorch against the target, 1.0.
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import sys
 from pathlib import Path
@@ -78,6 +79,7 @@ def run(threads=2, repeats=7, min_time=0.05, warmup=2, seed=0, progress=True) ->
     cyconv.set_num_threads(threads)
     torch.set_num_threads(threads)
     rows = []
+    load = [os.getloadavg()[0]]
     try:
         with NumpyBlasThreads(threads):
             for name in ROWS:
@@ -96,8 +98,10 @@ def run(threads=2, repeats=7, min_time=0.05, warmup=2, seed=0, progress=True) ->
     finally:
         cyconv.set_num_threads(saved[0])
         torch.set_num_threads(saved[1])
+    load.append(os.getloadavg()[0])
     return {"settings": {"threads": threads, "repeats": repeats, "min_time": min_time,
-                         "warmup": warmup, "shape": SHAPE, "dtype": "float32"},
+                         "warmup": warmup, "shape": SHAPE, "dtype": "float32",
+                         "load_average": load},
             "torch": {"version": torch.__version__}, "info": cyconv.info(), "rows": rows}
 
 
@@ -122,7 +126,10 @@ def write_report(result, path, command) -> tuple:
             f"tensor; PyTorch {result['torch']['version']} (backward by "
             f"`torch.autograd.grad`); {st['repeats']} interleaved rounds, medians; the ratio "
             f"is the median of per-round ratios.  cyconv {info.get('version')}, kernels "
-            f"{info.get('simd')}, OpenMP {info.get('openmp')}.\n\n{table(result)}\n")
+            f"{info.get('simd')}, OpenMP {info.get('openmp')}; {os.cpu_count()} CPUs, load "
+            f"average {st['load_average'][0]:.1f} at the start and "
+            f"{st['load_average'][1]:.1f} at the end (a shared machine: only the ratios, "
+            f"taken side by side, hold).\n\n{table(result)}\n")
     md.write_text(text)
     js = md.with_suffix(".json")
     js.write_text(json.dumps(result, indent=1, default=str))
