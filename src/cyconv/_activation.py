@@ -18,7 +18,7 @@ import numpy as np
 from . import _cpu_layers
 from ._cpu_layers import ACTIVATIONS
 from ._dispatch import backend, planned, prepare
-from ._params import array_module_name, check_dim, check_probability
+from ._params import array_module_name, check_probability, softmax_lines
 from ._pool import _CPU_DTYPES, _publish
 from ._random import get_generator
 
@@ -164,22 +164,22 @@ def grad_silu(grad_output, input):
 
 def _plan_softmax(op, input, dim):
     device, _ = prepare(op, input=input)
-    return device, check_dim(op, dim, input.ndim)
+    return device, softmax_lines(op, input.shape, dim)
 
 
 def _softmax(op, input, dim, log):
-    device, d = planned(_plan_softmax, op, (input,), (dim,))
-    return backend(device).softmax_forward(input, d, log)
+    device, lines = planned(_plan_softmax, op, (input,), (dim,))
+    return backend(device).softmax_forward(input, lines, log)
 
 
 def _plan_grad_softmax(op, grad_output, output, dim):
     device = _plan_pair(op, grad_output, output, "output")
-    return device, check_dim(op, dim, output.ndim)
+    return device, softmax_lines(op, output.shape, dim)
 
 
 def _grad_softmax(op, grad_output, output, dim, log):
-    device, d = planned(_plan_grad_softmax, op, (grad_output, output), (dim,))
-    return backend(device).softmax_backward(grad_output, output, d, log)
+    device, lines = planned(_plan_grad_softmax, op, (grad_output, output), (dim,))
+    return backend(device).softmax_backward(grad_output, output, lines, log)
 
 
 def softmax(input, dim):

@@ -46,29 +46,22 @@ def activation_backward(gy, s, op, alpha):
     return gx
 
 
-def _three(shape, dim):
-    """(outer, D, inner) of ``shape`` around ``dim`` (a 0-d shape is (1, 1, 1))."""
-    if not shape:
-        return 1, 1, 1
-    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
-
-
-def softmax_forward(x, dim, log):
-    """softmax (``log``: log_softmax) of ``x`` over ``dim``."""
+def softmax_forward(x, lines, log):
+    """softmax (``log``: log_softmax) of ``x`` viewed as ``lines`` = (outer, D, inner),
+    over D."""
     x = _contiguous(x)
     y = np.empty_like(x)
-    kernels("eltwise").softmax_forward(x, y, *_three(x.shape, dim), log,
-                                       threads_for(x.size * 20))
+    kernels("eltwise").softmax_forward(x, y, *lines, log, threads_for(x.size * 20))
     return y
 
 
-def softmax_backward(gy, y, dim, log):
-    """The gradient of softmax (log_softmax) over ``dim`` from its output ``y``."""
+def softmax_backward(gy, y, lines, log):
+    """The gradient of softmax (log_softmax) from its output ``y``, both viewed as
+    ``lines`` = (outer, D, inner)."""
     gy = _contiguous(gy)
     y = _contiguous(y)
     gx = np.empty_like(gy)
-    kernels("eltwise").softmax_backward(gy, y, gx, *_three(gy.shape, dim), log,
-                                        threads_for(gy.size * 20))
+    kernels("eltwise").softmax_backward(gy, y, gx, *lines, log, threads_for(gy.size * 20))
     return gx
 
 

@@ -616,31 +616,26 @@ def activation_backward(gy, s, op, alpha):
         return gx
 
 
-def _three(shape, dim):
-    if not shape:
-        return 1, 1, 1
-    return math.prod(shape[:dim]), shape[dim], math.prod(shape[dim + 1:])
-
-
-def softmax_forward(x, dim, log):
-    """softmax (``log``: log_softmax) over ``dim``, one thread per line."""
+def softmax_forward(x, lines, log):
+    """softmax (``log``: log_softmax) over D of ``lines`` = (outer, D, inner), one thread
+    per line."""
     cp = _xp()
     with _on_device(x):
         x = _contiguous(x)
         y = cp.empty_like(x)
-        outer, D, inner = _three(x.shape, dim)
+        outer, D, inner = lines
         launch("eltwise", "softmax_forward", x.dtype, _cuda.index_dtype(x.size),
                (x, y, outer, D, inner, int(log)), total=outer * inner if D else 0)
         return y
 
 
-def softmax_backward(gy, y, dim, log):
+def softmax_backward(gy, y, lines, log):
     """The softmax (log_softmax) gradient from its output ``y``."""
     cp = _xp()
     with _on_device(gy):
         gy, y = _contiguous(gy), _contiguous(y)
         gx = cp.empty_like(gy)
-        outer, D, inner = _three(gy.shape, dim)
+        outer, D, inner = lines
         launch("eltwise", "softmax_backward", gy.dtype, _cuda.index_dtype(gy.size),
                (gy, y, gx, outer, D, inner, int(log)), total=outer * inner if D else 0)
         return gx

@@ -808,6 +808,16 @@ def check_dim(op: str, dim, ndim: int) -> int:
     return int(dim) % n
 
 
+def softmax_lines(op: str, shape, dim) -> tuple:
+    """``(outer, D, inner)``: ``shape`` viewed around the softmax dim ``dim`` (checked);
+    a 0-d shape is (1, 1, 1)."""
+    shape = _shape(shape)
+    d = check_dim(op, dim, len(shape))
+    if not shape:
+        return 1, 1, 1
+    return math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:])
+
+
 def check_probability(op: str, p) -> float:
     """Dropout's ``p``: a number in [0, 1]."""
     if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p <= 1:
