@@ -667,7 +667,9 @@ def _moments(x3):
         x3 = _contiguous(x3)
         N, C, S = x3.shape
         acc = _acc(x3.dtype)
-        mean, var = cp.empty(C, acc), cp.empty(C, acc)
+        mean, var = cp.zeros(C, acc), cp.zeros(C, acc)
+        if C == 0 or N * S == 0:
+            return mean, var
         launch("norm", "batch_norm_stats", x3.dtype, _cuda.index_dtype(x3.size),
                (x3, mean, var, N, C, S), grid=min(C, _cuda.MAX_GRID), block=REDUCE_BLOCK)
         return mean, var
@@ -725,7 +727,7 @@ def batch_norm_backward(gy3, x3, mean, invstd, w, train):
         N, C, S = x3.shape
         acc = _acc(x3.dtype)
         gx = cp.empty_like(gy3)
-        if N * S == 0:
+        if N * S == 0 or C == 0:
             return gx, cp.zeros(C, x3.dtype), cp.zeros(C, x3.dtype)
         m = _vec(cp, mean, C, 0.0, acc)
         inv = _vec(cp, invstd, C, 1.0, acc)
