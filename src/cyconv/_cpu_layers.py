@@ -172,39 +172,57 @@ def _passes(shape, dim, n_new):
     return A, B, new
 
 
+_ZERO = np.zeros(1, np.int64)
+
+
 def interpolate_forward(rp, x):
-    """``interpolate`` (``ResampleParams`` ``rp``) of ``x`` (N, C, *in_size): one pass per
-    resampled dim, the last dim first."""
+    """``interpolate`` (``ResampleParams`` ``rp``) of ``x`` (N, C, *in_size): nearest in
+    one pass over every plane, the linear modes one pass per dim, the last dim first."""
+    if rp.mode == "nearest":
+        x = _contiguous(x)
+        y = np.empty(rp.y_shape, x.dtype)
+        lead = 3 - rp.nd
+        maps = [_ZERO] * lead + [m.i0 for m in rp.maps]
+        kernels("resample").nearest_forward(_planes(x), _planes(y), *maps,
+                                            (1,) * lead + rp.in_size,
+                                            threads_for(y.size * 2))
+        return y
     cur = _contiguous(x)
     mod = kernels("resample")
     for d in reversed(range(rp.nd)):
         m = rp.maps[d]
-        if m.identity:
-            continue
         A, B, new = _passes(cur.shape, 2 + d, m.n_out)
         y = np.empty(new, cur.dtype)
         mod.resample_forward(cur.reshape(A, m.n_in * B), y.reshape(A, m.n_out * B), m.i0,
                              m.i1, m.w0, m.w1, B,
                              threads_for(y.size * 4))
         cur = y
-    return cur if cur is not x else cur.copy()
+    return cur
 
 
 def interpolate_backward(rp, gy):
-    """The adjoint of :func:`interpolate_forward`: the first dim's pass first."""
+    """The adjoint of :func:`interpolate_forward`: nearest in one pass over every plane,
+    the linear modes one pass per dim, the first dim first."""
+    if rp.mode == "nearest":
+        gy = _contiguous(gy)
+        gx = np.empty(rp.x_shape, gy.dtype)
+        lead = 3 - rp.nd
+        maps = [_ZERO] * lead + [m.i0 for m in rp.maps]
+        kernels("resample").nearest_backward(_planes(gy), _planes(gx), *maps,
+                                             (1,) * lead + rp.in_size,
+                                             threads_for(gy.size * 2))
+        return gx
     cur = _contiguous(gy)
     mod = kernels("resample")
     for d in range(rp.nd):
         m = rp.maps[d]
-        if m.identity:
-            continue
         A, B, new = _passes(cur.shape, 2 + d, m.n_in)
         gx = np.empty(new, cur.dtype)
         mod.resample_backward(cur.reshape(A, m.n_out * B), gx.reshape(A, m.n_in * B), m.ptr,
                               m.src, m.wt, B,
                               threads_for(cur.size * 4))
         cur = gx
-    return cur if cur is not gy else cur.copy()
+    return cur
 
 
 # -- adaptive max pooling ----------------------------------------------------------------------

@@ -9,7 +9,14 @@ weights and copies.  Passes over the last dim first and the first dim last give
 PyTorch's expression exactly, e.g. for bilinear
 ``h0 * (w0 * x[i0h, i0w] + w1 * x[i0h, i1w]) + h1 * (w0 * x[i1h, i0w] + w1 * x[i1h, i1w])``.
 
-The adjoint is a gather through the transposed map in CSR form (input index ``i`` reads
+Nearest resampling of all dims at once (``nearest_forward``) is one pass per plane: each
+output row gathers from its source row, and an output row (or slab) that reads the same
+source as the previous one is a copy of it, so upsampling by k writes each distinct row
+once and copies it k - 1 times.
+
+Its adjoint (``nearest_backward``) adds each output gradient into its source element,
+plane by plane in output order.  The linear modes' adjoint is a gather through the
+transposed map in CSR form (input index ``i`` reads
 the outputs ``src[ptr[i]:ptr[i + 1]]`` with weights ``wt[...]``), as the GPU twin does;
 threads split ``A``, so every element is written by one thread and results do not depend
 on the thread count.  The caller checks the maps (every index inside the input dim).
@@ -20,7 +27,7 @@ nearest); adjoint ``gx[:, i, :] = sum(wt[k] * gy[:, src[k], :] for k in ptr[i]:p
 """
 from cython.parallel cimport prange
 from libc.stdint cimport int64_t
-from libc.string cimport memcpy
+from libc.string cimport memcpy, memset
 
 import numpy as np
 cimport numpy as cnp
@@ -142,3 +149,96 @@ def resample_backward(const floating[:, ::1] gy, floating[:, ::1] gx, const int6
         else:
             for a in prange(A, schedule="static", num_threads=n_threads):
                 gather_row(gyp + a * n_out * B, gxp + a * n_in * B, &ptr[0], sp, wp, n_in, B)
+
+
+cdef void nearest_plane(const floating* x, floating* y, const int64_t* md, const int64_t* mh,
+                        const int64_t* mw, Py_ssize_t H, Py_ssize_t W, Py_ssize_t OD,
+                        Py_ssize_t OH, Py_ssize_t OW) noexcept nogil:
+    """One plane: y[od, oh, ow] = x[md[od], mh[oh], mw[ow]]."""
+    cdef Py_ssize_t od, oh, ow, slab = OH * OW
+    cdef const floating* xr
+    cdef floating* yr
+    for od in range(OD):
+        if od > 0 and md[od] == md[od - 1]:
+            memcpy(y + od * slab, y + (od - 1) * slab, slab * sizeof(floating))
+            continue
+        for oh in range(OH):
+            yr = y + od * slab + oh * OW
+            if oh > 0 and mh[oh] == mh[oh - 1]:
+                memcpy(yr, yr - OW, OW * sizeof(floating))
+                continue
+            xr = x + (md[od] * H + mh[oh]) * W
+            for ow in range(OW):
+                yr[ow] = xr[mw[ow]]
+
+
+def nearest_forward(const floating[:, ::1] x, floating[:, ::1] y, const int64_t[::1] md,
+                    const int64_t[::1] mh, const int64_t[::1] mw, tuple in_size,
+                    Py_ssize_t n_threads):
+    """Nearest resampling of every plane of ``x`` (planes, D*H*W) into ``y`` (planes,
+    OD*OH*OW) through the per-dim source maps ``md``, ``mh``, ``mw`` (lengths OD, OH,
+    OW; every entry inside its input dim, which the caller has checked)."""
+    cdef Py_ssize_t D, H, W
+    D, H, W = in_size
+    cdef Py_ssize_t P = x.shape[0], OD = md.shape[0], OH = mh.shape[0], OW = mw.shape[0], a
+    if x.shape[1] != D * H * W or y.shape[0] != P or y.shape[1] != OD * OH * OW:
+        raise ValueError("resample kernel: inconsistent shapes")
+    if P == 0 or OD * OH * OW == 0:
+        return
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    with nogil:
+        if n_threads == 1:
+            for a in range(P):
+                nearest_plane(xp + a * D * H * W, yp + a * OD * OH * OW, &md[0], &mh[0],
+                              &mw[0], H, W, OD, OH, OW)
+        else:
+            for a in prange(P, schedule="static", num_threads=n_threads):
+                nearest_plane(xp + a * D * H * W, yp + a * OD * OH * OW, &md[0], &mh[0],
+                              &mw[0], H, W, OD, OH, OW)
+
+
+cdef void nearest_grad_plane(const floating* gy, floating* gx, const int64_t* md,
+                             const int64_t* mh, const int64_t* mw, Py_ssize_t D, Py_ssize_t H,
+                             Py_ssize_t W, Py_ssize_t OD, Py_ssize_t OH,
+                             Py_ssize_t OW) noexcept nogil:
+    """One plane: gx = 0, then gx[md[od], mh[oh], mw[ow]] += gy[od, oh, ow] in output
+    order."""
+    cdef Py_ssize_t od, oh, ow
+    cdef const floating* gr
+    cdef floating* xr
+    memset(gx, 0, D * H * W * sizeof(floating))
+    for od in range(OD):
+        for oh in range(OH):
+            gr = gy + (od * OH + oh) * OW
+            xr = gx + (md[od] * H + mh[oh]) * W
+            for ow in range(OW):
+                xr[mw[ow]] += gr[ow]
+
+
+def nearest_backward(const floating[:, ::1] gy, floating[:, ::1] gx, const int64_t[::1] md,
+                     const int64_t[::1] mh, const int64_t[::1] mw, tuple in_size,
+                     Py_ssize_t n_threads):
+    """The adjoint of :func:`nearest_forward`: ``gx`` (planes, D*H*W) from ``gy``
+    (planes, OD*OH*OW); ``gx`` is overwritten."""
+    cdef Py_ssize_t D, H, W
+    D, H, W = in_size
+    cdef Py_ssize_t P = gy.shape[0], OD = md.shape[0], OH = mh.shape[0], OW = mw.shape[0], a
+    if gx.shape[1] != D * H * W or gx.shape[0] != P or gy.shape[1] != OD * OH * OW:
+        raise ValueError("resample kernel: inconsistent shapes")
+    if P == 0 or D * H * W == 0:
+        return
+    if OD * OH * OW == 0:
+        gx[:, :] = 0
+        return
+    cdef const floating* gyp = &gy[0, 0]
+    cdef floating* gxp = &gx[0, 0]
+    with nogil:
+        if n_threads == 1:
+            for a in range(P):
+                nearest_grad_plane(gyp + a * OD * OH * OW, gxp + a * D * H * W, &md[0], &mh[0],
+                                   &mw[0], D, H, W, OD, OH, OW)
+        else:
+            for a in prange(P, schedule="static", num_threads=n_threads):
+                nearest_grad_plane(gyp + a * OD * OH * OW, gxp + a * D * H * W, &md[0], &mh[0],
+                                   &mw[0], D, H, W, OD, OH, OW)
