@@ -202,7 +202,7 @@ cdef void act_flat(const floating* x, floating* y, Py_ssize_t n, int op, floatin
     if n_threads == 1:           # no parallel region for a serial call (small ops)
         act_block(x, y, n, op, alpha)
         return
-    for b in prange(nb, schedule="static", num_threads=n_threads):
+    for b in prange(nb, schedule="dynamic", num_threads=n_threads):
         act_block(x + b * BLOCK, y + b * BLOCK, min(BLOCK, n - b * BLOCK), op, alpha)
 
 
@@ -212,7 +212,7 @@ cdef void act_grad_flat(const floating* gy, const floating* s, floating* gx, Py_
     if n_threads == 1:
         act_grad_block(gy, s, gx, n, op, alpha)
         return
-    for b in prange(nb, schedule="static", num_threads=n_threads):
+    for b in prange(nb, schedule="dynamic", num_threads=n_threads):
         act_grad_block(gy + b * BLOCK, s + b * BLOCK, gx + b * BLOCK,
                        min(BLOCK, n - b * BLOCK), op, alpha)
 
@@ -294,7 +294,7 @@ def dropout_forward(const floating[::1] x, const floating[::1] u, floating[::1] 
         return
     cdef floating fp = <floating> p, fs = <floating> scale
     with nogil:
-        for b in prange(nb, schedule="static", num_threads=n_threads):
+        for b in prange(nb, schedule="dynamic", num_threads=n_threads):
             dropout_block(&x[b * BLOCK], &u[b * BLOCK], &y[b * BLOCK], &mask[b * BLOCK],
                           min(BLOCK, n - b * BLOCK), fp, fs)
 
@@ -309,7 +309,7 @@ def dropout_backward(const floating[::1] gy, const uint8_t[::1] mask, floating[:
         return
     cdef floating fs = <floating> scale
     with nogil:
-        for b in prange(nb, schedule="static", num_threads=n_threads):
+        for b in prange(nb, schedule="dynamic", num_threads=n_threads):
             dropout_grad_block(&gy[b * BLOCK], &mask[b * BLOCK], &gx[b * BLOCK],
                                min(BLOCK, n - b * BLOCK), fs)
 
@@ -436,7 +436,7 @@ cdef void softmax_run(const floating* a, const floating* b, floating* out, Py_ss
         for it in range(items):
             softmax_item(a, b, out, it, D, inner, per, logsm, backward)
     else:
-        for it in prange(items, schedule="static", num_threads=n_threads):
+        for it in prange(items, schedule="dynamic", num_threads=n_threads):
             softmax_item(a, b, out, it, D, inner, per, logsm, backward)
 
 

@@ -168,7 +168,7 @@ def batch_norm_train(const floating[:, :, ::1] x, floating[:, :, ::1] y,
                 channel_train(xp + c * S, (yp + c * S) if yp != NULL else NULL, N, C, S, c,
                               eps, wp, bp, sp, rmp, rvp, momentum)
         else:
-            for c in prange(C, schedule="static", num_threads=n_threads):
+            for c in prange(C, schedule="dynamic", num_threads=n_threads):
                 channel_train(xp + c * S, (yp + c * S) if yp != NULL else NULL, N, C, S, c,
                               eps, wp, bp, sp, rmp, rvp, momentum)
 
@@ -198,7 +198,7 @@ def batch_norm_apply(const floating[:, :, ::1] x, floating[:, :, ::1] y,
             for c in range(C):
                 channel_apply(xp + c * S, yp + c * S, N, C, S, c, &mean[0], &invstd[0], wp, bp)
         else:
-            for c in prange(C, schedule="static", num_threads=n_threads):
+            for c in prange(C, schedule="dynamic", num_threads=n_threads):
                 channel_apply(xp + c * S, yp + c * S, N, C, S, c, &mean[0], &invstd[0], wp, bp)
 
 
@@ -264,6 +264,6 @@ def batch_norm_backward(const floating[:, :, ::1] gy, const floating[:, :, ::1] 
                 channel_backward(gyp + c * S, xp + c * S, gxp + c * S, N, C, S, c, &mean[0],
                                  &invstd[0], wp, train, &grads[0, 0])
         else:
-            for c in prange(C, schedule="static", num_threads=n_threads):
+            for c in prange(C, schedule="dynamic", num_threads=n_threads):
                 channel_backward(gyp + c * S, xp + c * S, gxp + c * S, N, C, S, c, &mean[0],
                                  &invstd[0], wp, train, &grads[0, 0])
