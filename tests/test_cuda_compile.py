@@ -34,7 +34,7 @@ import numpy as np
 import pytest
 
 import cyconv
-from cyconv import _cuda, _dispatch, _gpu, _params, _pool, _runtime
+from cyconv import _activation, _cuda, _dispatch, _gpu, _params, _pool, _runtime
 from cyconv._params import conv_params
 from conftest import (SPECIAL_CONV_CASES, ConvCase, ConvTransposeCase, assert_close,
                       conv_grid, ref_conv, ref_conv_input_grad, ref_conv_transpose,
@@ -218,6 +218,8 @@ def test_signatures_match_the_kernel_declarations(family):
 def test_reduce_block_matches_the_source():
     m = re.search(r"#define CYC_REDUCE_BLOCK (\d+)", _cuda.source("direct"))
     assert int(m.group(1)) == _cuda.REDUCE_BLOCK
+    m = re.search(r"#define CYC_NORM_BLOCK (\d+)", _cuda.source("norm"))
+    assert int(m.group(1)) == _cuda.REDUCE_BLOCK
     assert _cuda.REDUCE_BLOCK & (_cuda.REDUCE_BLOCK - 1) == 0     # a power of two
 
 
@@ -327,6 +329,7 @@ static void cyc_launch(unsigned grid, unsigned block, bool fibers, F f) {
 
 _CAST = {"const T*": "*(const T* const*)", "const T*?": "*(const T* const*)",
          "T*": "*(T* const*)", "A*": "*(A* const*)", "const A*": "*(const A* const*)",
+         "const A*?": "*(const A* const*)",
          "i64*": "*(long long* const*)", "i64*?": "*(long long* const*)",
          "const i64*": "*(const long long* const*)", "I": "*(const I*)"}
 #: the emulator runs at most this many blocks: the kernels are grid-size agnostic
@@ -441,6 +444,7 @@ def emulated_gpu(emulated_kernels, monkeypatch):
     monkeypatch.setattr(_dispatch, "array_module_name", lambda op, **arrays: "cupy")
     monkeypatch.setattr(_pool, "array_module_name", lambda op, **arrays: "cupy")
     monkeypatch.setattr(_pool, "_CPU_DTYPES", frozenset())   # no NumPy fast path
+    monkeypatch.setattr(_activation, "_CPU_DTYPES", frozenset())
     _dispatch.clear_cache()         # plans made for the CPU must not be reused here
     yield emu
     _dispatch.clear_cache()
@@ -797,3 +801,158 @@ def test_emulated_relu_and_linear(dtype, emulated_gpu, monkeypatch):
     np.testing.assert_array_equal(gx.astype(np.float64), gx64)
     assert lin.dtype == dtype and lin.shape == (3, 4, 6)
     _check(lin, lin64, dtype, "linear")
+
+
+# -- batch norm, activations, softmax, dropout, interpolate, adaptive max pooling ------------
+
+def _emu_check(actual, expected, dtype, what):
+    """GPU-backend result against the CPU backend's float64 result; float16 results
+    (and the float32 transcendental functions, libm here and SLEEF-free polynomials on the
+    CPU) get their dtype's rounding."""
+    _check(actual, expected, dtype, what)
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape", [(4, 3), (2, 3, 7), (2, 4, 5, 3), (1, 2, 3, 2, 4)],
+                         ids=str)
+def test_emulated_batch_norm(shape, dtype, emulated_gpu, monkeypatch):
+    C = shape[1]
+    x = _rounded(shape, dtype, 20) * 3 + 1
+    w, b = _rounded((C,), dtype, 21), _rounded((C,), dtype, 22)
+    gy = _rounded(shape, dtype, 23)
+    rm, rv = _rounded((C,), dtype, 24), np.abs(_rounded((C,), dtype, 25)) + 0.5
+    out = {}
+    for training in (True, False):
+        rm_, rv_ = rm.copy(), rv.copy()
+        y = cyconv.batch_norm(x, rm_, rv_, w, b, training=training, momentum=0.3)
+        grads = cyconv.grad.batch_norm(gy, x, rm, rv, w, training=training)
+        out[training] = (y, rm_, rv_) + grads
+    with on_cpu(monkeypatch):
+        x64, w64, b64, gy64 = (a.astype(np.float64) for a in (x, w, b, gy))
+        for training in (True, False):
+            rm_, rv_ = rm.astype(np.float64), rv.astype(np.float64)
+            y = cyconv.batch_norm(x64, rm_, rv_, w64, b64, training=training, momentum=0.3)
+            grads = cyconv.grad.batch_norm(gy64, x64, rm.astype(np.float64),
+                                           rv.astype(np.float64), w64, training=training)
+            want = (y, rm_, rv_) + grads
+            for name, a, e in zip(("y", "running_mean", "running_var", "gx", "gw", "gb"),
+                                  out[training], want):
+                _emu_check(a, e, dtype, f"batch_norm training={training} {name}")
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+def test_emulated_activations(dtype, emulated_gpu, monkeypatch):
+    x = _rounded((3, 5, 7), dtype, 30, nan=True) * 3
+    gy = _rounded(x.shape, dtype, 31)
+    cases = [("leaky_relu", (0.2,), False), ("sigmoid", (), True), ("tanh", (), True),
+             ("gelu", ("none",), False), ("gelu", ("tanh",), False), ("silu", (), False)]
+    got = []
+    for name, args, from_output in cases:
+        y = getattr(cyconv, name)(x, *args)
+        gx = getattr(cyconv.grad, name)(gy, y if from_output else x, *args)
+        got.append((y, gx))
+    with on_cpu(monkeypatch):
+        x64, gy64 = x.astype(np.float64), gy.astype(np.float64)
+        for (name, args, from_output), (y, gx) in zip(cases, got):
+            y64 = getattr(cyconv, name)(x64, *args)
+            gx64 = getattr(cyconv.grad, name)(gy64, y64 if from_output else x64, *args)
+            assert y.dtype == dtype and gx.dtype == dtype
+            _emu_check(y, y64, dtype, f"{name}{args} forward")
+            _emu_check(gx, gx64, dtype, f"{name}{args} grad")
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("shape, dim", [((2, 5, 3), 1), ((4, 9), -1), ((3, 2, 4), 0),
+                                        ((), 0)], ids=str)
+def test_emulated_softmax(shape, dim, dtype, emulated_gpu, monkeypatch):
+    x = np.asarray(_rounded(shape, dtype, 40) * 4)     # 0-d stays an array
+    gy = np.asarray(_rounded(shape, dtype, 41))
+    got = {}
+    for name in ("softmax", "log_softmax"):
+        y = getattr(cyconv, name)(x, dim)
+        got[name] = (y, getattr(cyconv.grad, name)(gy, y, dim))
+    with on_cpu(monkeypatch):
+        for name, (y, gx) in got.items():
+            y64 = getattr(cyconv, name)(x.astype(np.float64), dim)
+            gx64 = getattr(cyconv.grad, name)(gy.astype(np.float64), y64, dim)
+            _emu_check(y, y64, dtype, f"{name} forward")
+            _emu_check(gx, gx64, dtype, f"{name} grad")
+
+
+def test_emulated_dropout_is_seeded_and_scaled(emulated_gpu):
+    x = _rounded((4, 50), np.float32, 50)
+    cyconv.manual_seed(3)
+    y, mask = cyconv.dropout(x, 0.25, return_mask=True)
+    cyconv.manual_seed(3)
+    y2, mask2 = cyconv.dropout(x, 0.25, return_mask=True)
+    np.testing.assert_array_equal(mask, mask2)
+    np.testing.assert_array_equal(y, y2)
+    np.testing.assert_allclose(y, np.where(mask, x / np.float32(0.75), 0), rtol=1e-6)
+    assert 0.5 < mask.mean() < 0.95
+    gx = cyconv.grad.dropout(y, mask, 0.25)
+    np.testing.assert_allclose(gx, np.where(mask, y / np.float32(0.75), 0), rtol=1e-6)
+
+
+INTERP_CASES = [((2, 3, 7), dict(size=12, mode="linear")),
+                ((2, 3, 7), dict(scale_factor=0.5, mode="nearest")),
+                ((1, 2, 5, 6), dict(size=(9, 4), mode="bilinear")),
+                ((1, 2, 5, 6), dict(scale_factor=(1.5, 2.0), mode="nearest")),
+                ((1, 2, 5, 6), dict(size=(3, 11), mode="bilinear", align_corners=True)),
+                ((1, 1, 3, 4, 5), dict(size=(5, 4, 2), mode="trilinear")),
+                ((0, 2, 3, 4), dict(size=(6, 8), mode="bilinear"))]
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", INTERP_CASES, ids=lambda c: f"{c[0]}-{c[1]}")
+def test_emulated_interpolate(case, dtype, emulated_gpu, monkeypatch):
+    shape, kw = case
+    x = _rounded(shape, dtype, 60)
+    y = cyconv.interpolate(x, **kw)
+    gy = _rounded(y.shape, dtype, 61)
+    gx = cyconv.grad.interpolate(gy, x.shape, **kw)
+    with on_cpu(monkeypatch):
+        y64 = cyconv.interpolate(x.astype(np.float64), **kw)
+        gx64 = cyconv.grad.interpolate(gy.astype(np.float64), x.shape, **kw)
+    _emu_check(y, y64, dtype, "interpolate forward")
+    _emu_check(gx, gx64, dtype, "interpolate grad")
+
+
+@pytest.mark.parametrize("dtype", EMU_DTYPES, ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize("case", ADAPTIVE_CASES, ids=lambda c: f"{c[1]}-{c[2]}")
+def test_emulated_adaptive_max_pool(case, dtype, emulated_gpu, monkeypatch):
+    nd, shape, out = case
+    x = _rounded(shape, dtype, 70, nan=True)
+    y, idx = getattr(cyconv, f"adaptive_max_pool{nd}d")(x, out, return_indices=True)
+    gy = _rounded(y.shape, dtype, 71)
+    gx = getattr(cyconv.grad, f"adaptive_max_pool{nd}d")(gy, idx, x.shape)
+    with on_cpu(monkeypatch):
+        y64, idx64 = getattr(cyconv, f"adaptive_max_pool{nd}d")(x.astype(np.float64), out,
+                                                               return_indices=True)
+        gx64 = getattr(cyconv.grad, f"adaptive_max_pool{nd}d")(gy.astype(np.float64), idx64,
+                                                              x.shape)
+    np.testing.assert_array_equal(idx, idx64)
+    np.testing.assert_array_equal(y.astype(np.float64), y64)
+    _emu_check(gx, gx64, dtype, "adaptive_max_pool grad")
+
+
+def test_emulated_new_kernels_with_64_bit_indices(emulated_gpu, monkeypatch):
+    """The `long long` instantiations of the new families compute what the `int` ones do."""
+    x = _rounded((2, 3, 5, 6), np.float64, 80)
+    gy = _rounded(x.shape, np.float64, 81)
+
+    def run():
+        emulated_gpu.calls.clear()
+        y = cyconv.batch_norm(x, None, None, training=True)
+        out = [y, *cyconv.grad.batch_norm(gy, x, None, None, training=True),
+               cyconv.gelu(x), cyconv.grad.silu(gy, x), cyconv.softmax(x, 1),
+               cyconv.interpolate(x, size=(7, 4), mode="bilinear"),
+               cyconv.adaptive_max_pool2d(x, (2, 3))]
+        return out, {i for _, i in emulated_gpu.calls}
+
+    short, kinds = run()
+    assert kinds == {"int32"}
+    monkeypatch.setattr(_cuda, "index_dtype", lambda *extents: np.dtype(np.int64))
+    long, kinds = run()
+    assert kinds == {"int64"}
+    for a, c in zip(short, long):
+        np.testing.assert_array_equal(a, c)

@@ -17,3 +17,6 @@ from ._random import manual_seed  # noqa: E402
 from .functional import (adaptive_avg_pool1d, adaptive_avg_pool2d,  # noqa: E402
                          adaptive_avg_pool3d, avg_pool1d, avg_pool2d, avg_pool3d, linear,
                          max_pool1d, max_pool2d, max_pool3d, pad, relu)
+from .functional import (adaptive_max_pool1d, adaptive_max_pool2d,  # noqa: E402
+                         adaptive_max_pool3d, batch_norm, dropout, gelu, interpolate,
+                         leaky_relu, log_softmax, sigmoid, silu, softmax, tanh)

@@ -974,6 +974,9 @@ def build_parser(prog="python -m cyconv bench") -> argparse.ArgumentParser:
     ap.add_argument("--latency", action="store_true",
                     help="the small-op latency run instead (tiny conv2d and its gradients, "
                     "relu, max_pool2d; 1 thread unless --threads; needs PyTorch)")
+    ap.add_argument("--layers", action="store_true",
+                    help="the CNN layers run instead (BatchNorm2d and the activations, "
+                    "forward + backward; 2 threads unless --threads; needs PyTorch)")
     return ap
 
 
@@ -1013,6 +1016,9 @@ def main(argv=None, prog="python -m cyconv bench") -> int:
         ap.error(f"--threads must be at least 1, got {args.threads}")
     if args.latency:
         return _latency_main(args, argv, prog, repeats if args.repeats else 21, min_time)
+    if args.layers:
+        from . import _bench_layers
+        return _bench_layers.cli(args, argv, prog, repeats, min_time)
     if args.suite == "networks":
         return _networks_main(args, ap, argv, prog, repeats, min_time, warmup, peak_size)
     if args.networks:

@@ -17,6 +17,12 @@ from ._cpu_pool import (adaptive_avg_pool_backward, adaptive_avg_pool_forward,  
                         avg_pool_backward, avg_pool_forward, linear_forward,
                         max_pool_backward, max_pool_forward, pad_backward, pad_forward,
                         relu_backward, relu_forward)
+# Batch norm, activations, softmax, dropout, interpolate, adaptive max pooling.
+from ._cpu_layers import (activation_backward, activation_forward,  # noqa: F401
+                          adaptive_max_pool_forward, batch_norm_apply, batch_norm_backward,
+                          batch_norm_stats, batch_norm_train, dropout_backward,
+                          dropout_forward, interpolate_backward, interpolate_forward,
+                          running_invstd, softmax_backward, softmax_forward)
 from ._ext import kernels, native
 from ._params import Geometry
 

@@ -33,6 +33,11 @@ Notes
 - Pooling (``pool.cu``) mirrors :mod:`cyconv._cpu_pool`: gathers for every forward op
   and the average-pooling gradients, a deterministic per-plane scatter for the max-pool
   gradient.  ``pad`` and ``relu`` are CuPy gathers/selects, ``linear`` one batched GEMM.
+- Batch norm (``norm.cu``: block-per-channel reductions with a fixed tree, then
+  element-wise passes), activations and softmax (``eltwise.cu``), interpolate
+  (``resample.cu``: one gather pass per dim, the adjoint through a CSR map) and adaptive
+  max pooling (``pool.cu``) mirror :mod:`cyconv._cpu_layers`; dropout draws its samples
+  from a CuPy generator seeded from cyconv's and applies the mask with CuPy expressions.
   The max-pool gradient reads one count back to raise ``ValueError`` for an index
   outside the plane: the one host synchronisation of this module.
 - CuPy compiles RawModules with ``-ftz=true``, so float32 denormals flush to zero in
@@ -567,9 +572,260 @@ def linear_forward(lp, x, w, b):
         return y.reshape(lp.y_shape)
 
 
+# == batch norm, activations, softmax, dropout, interpolate, adaptive max pooling ==============
+# (the GPU mirror of cyconv._cpu_layers; per-channel statistics in the accumulation dtype)
+
+def _acc(dtype):
+    return np.dtype(ACC_DTYPES[np.dtype(dtype).name])
+
+
+def _contiguous(a):
+    """``a`` C-contiguous, of its own shape (0-d stays 0-d)."""
+    return _xp().ascontiguousarray(a).reshape(a.shape)
+
+
+def _vec(xp, v, C, fill, acc):
+    """A per-channel vector as a contiguous array of the accumulation dtype."""
+    if v is None:
+        return xp.full(C, fill, acc)
+    return xp.ascontiguousarray(v, dtype=acc)
+
+
+def activation_forward(x, op, alpha):
+    """``y = f(x)`` for activation code ``op`` (``eltwise.cu``)."""
+    cp = _xp()
+    with _on_device(x):
+        x = _contiguous(x)
+        y = cp.empty_like(x)
+        a = cp.asarray([alpha], _acc(x.dtype))
+        launch("eltwise", "activation_forward", x.dtype, _cuda.index_dtype(x.size),
+               (x, y, a, x.size, op), total=x.size)
+        return y
+
+
+def activation_backward(gy, s, op, alpha):
+    """The gradient of activation ``op`` from ``gy`` and ``s`` (input, or output for
+    sigmoid and tanh)."""
+    cp = _xp()
+    with _on_device(gy):
+        gy, s = _contiguous(gy), _contiguous(s)
+        gx = cp.empty_like(gy)
+        a = cp.asarray([alpha], _acc(gy.dtype))
+        launch("eltwise", "activation_backward", gy.dtype, _cuda.index_dtype(gy.size),
+               (gy, s, gx, a, gy.size, op), total=gy.size)
+        return gx
+
+
+def softmax_forward(x, lines, log):
+    """softmax (``log``: log_softmax) over D of ``lines`` = (outer, D, inner), one thread
+    per line."""
+    cp = _xp()
+    with _on_device(x):
+        x = _contiguous(x)
+        y = cp.empty_like(x)
+        outer, D, inner = lines
+        launch("eltwise", "softmax_forward", x.dtype, _cuda.index_dtype(x.size),
+               (x, y, outer, D, inner, int(log)), total=outer * inner if D else 0)
+        return y
+
+
+def softmax_backward(gy, y, lines, log):
+    """The softmax (log_softmax) gradient from its output ``y``."""
+    cp = _xp()
+    with _on_device(gy):
+        gy, y = _contiguous(gy), _contiguous(y)
+        gx = cp.empty_like(gy)
+        outer, D, inner = lines
+        launch("eltwise", "softmax_backward", gy.dtype, _cuda.index_dtype(gy.size),
+               (gy, y, gx, outer, D, inner, int(log)), total=outer * inner if D else 0)
+        return gx
+
+
+def dropout_forward(x, p, rng):
+    """``(y, mask)`` with CuPy expressions; the samples come from a CuPy generator seeded
+    from ``rng`` (cyconv's generator), so masks are reproducible but not the CPU's."""
+    cp = _xp()
+    with _on_device(x):
+        gen = cp.random.default_rng(int(rng.integers(2**63)))
+        u = gen.random(x.shape, dtype=np.float64 if x.dtype == np.float64 else np.float32)
+        mask = u >= p
+        scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+        return x * (mask * x.dtype.type(scale)).astype(x.dtype), mask
+
+
+def dropout_backward(gy, mask, p):
+    """``gy * mask / (1 - p)``."""
+    with _on_device(gy):
+        scale = 0.0 if p == 1 else 1.0 / (1.0 - p)
+        return gy * (mask * gy.dtype.type(scale)).astype(gy.dtype)
+
+
+def _moments(x3):
+    """``(mean, var)`` (biased) per channel of ``x3`` (N, C, S), accumulation dtype."""
+    cp = _xp()
+    with _on_device(x3):
+        x3 = _contiguous(x3)
+        N, C, S = x3.shape
+        acc = _acc(x3.dtype)
+        mean, var = cp.zeros(C, acc), cp.zeros(C, acc)
+        if C == 0 or N * S == 0:
+            return mean, var
+        launch("norm", "batch_norm_stats", x3.dtype, _cuda.index_dtype(x3.size),
+               (x3, mean, var, N, C, S), grid=min(C, _cuda.MAX_GRID), block=REDUCE_BLOCK)
+        return mean, var
+
+
+def batch_norm_stats(x3, eps):
+    """``(mean, invstd)`` per channel of ``x3`` (N, C, S), as the training forward
+    computes them."""
+    mean, var = _moments(x3)
+    with _on_device(x3):
+        return mean, 1 / _xp().sqrt(var + eps)
+
+
+def running_invstd(running_var, eps):
+    """``1 / sqrt(running_var + eps)`` in the accumulation dtype."""
+    cp = _xp()
+    with _on_device(running_var):
+        v = running_var.astype(_acc(running_var.dtype))
+        return 1 / cp.sqrt(v + eps)
+
+
+def batch_norm_train(x3, w, b, eps, running_mean=None, running_var=None, momentum=0.0):
+    """Training forward: ``(y, mean, invstd)``; the running statistics (or None) are
+    updated in place with the unbiased variance."""
+    mean, var = _moments(x3)
+    with _on_device(x3):
+        invstd = 1 / _xp().sqrt(var + eps)
+        if running_mean is not None:
+            n = x3.shape[0] * x3.shape[2]
+            running_mean[...] = momentum * mean + (1 - momentum) * running_mean
+            running_var[...] = momentum * (var * (n / (n - 1))) + (1 - momentum) * running_var
+        return batch_norm_apply(x3, mean, invstd, w, b), mean, invstd
+
+
+def batch_norm_apply(x3, mean, invstd, w, b):
+    """``(x3 - mean) * invstd * w + b`` per channel."""
+    cp = _xp()
+    with _on_device(x3):
+        x3 = _contiguous(x3)
+        N, C, S = x3.shape
+        acc = _acc(x3.dtype)
+        scale = _vec(cp, invstd, C, 1.0, acc) * _vec(cp, w, C, 1.0, acc)
+        y = cp.empty_like(x3)
+        launch("norm", "batch_norm_apply", x3.dtype, _cuda.index_dtype(x3.size),
+               (x3, y, _vec(cp, mean, C, 0.0, acc), cp.ascontiguousarray(scale),
+                _vec(cp, b, C, 0.0, acc), N, C, S), total=x3.size)
+        return y
+
+
+def batch_norm_backward(gy3, x3, mean, invstd, w, train):
+    """``(gx, gw, gb)`` of batch norm (see :func:`cyconv._cpu_layers.batch_norm_backward`)."""
+    cp = _xp()
+    with _on_device(x3):
+        gy3, x3 = _contiguous(gy3), _contiguous(x3)
+        N, C, S = x3.shape
+        acc = _acc(x3.dtype)
+        gx = cp.empty_like(gy3)
+        if N * S == 0 or C == 0:
+            return gx, cp.zeros(C, x3.dtype), cp.zeros(C, x3.dtype)
+        m = _vec(cp, mean, C, 0.0, acc)
+        inv = _vec(cp, invstd, C, 1.0, acc)
+        wv = _vec(cp, w, C, 1.0, acc)
+        sg, sgx = cp.empty(C, acc), cp.empty(C, acc)
+        it = _cuda.index_dtype(x3.size)
+        launch("norm", "batch_norm_backward_reduce", x3.dtype, it,
+               (gy3, x3, m, sg, sgx, N, C, S), grid=min(C, _cuda.MAX_GRID), block=REDUCE_BLOCK)
+        k1 = wv * inv
+        if train:
+            k2 = k1 * inv * inv * sgx / (N * S)
+            k3 = k1 * sg / (N * S)
+        else:
+            k2 = k3 = cp.zeros(C, acc)
+        launch("norm", "batch_norm_backward_apply", x3.dtype, it,
+               (gy3, x3, gx, m, cp.ascontiguousarray(k1, dtype=acc),
+                cp.ascontiguousarray(k2, dtype=acc), cp.ascontiguousarray(k3, dtype=acc),
+                N, C, S), total=x3.size)
+        return gx, (sgx * inv).astype(x3.dtype), sg.astype(x3.dtype)
+
+
+def _device_maps(m, dev, acc):
+    """The arrays of a DimMap on device ``dev`` (copied once per device, then cached)."""
+    cache = m.__dict__.setdefault("_gpu", {})
+    key = (dev, np.dtype(acc).name)
+    got = cache.get(key)
+    if got is None:
+        cp = _xp()
+        w = None if m.w0 is None else (cp.asarray(m.w0, acc), cp.asarray(m.w1, acc))
+        got = cache[key] = dict(i0=cp.asarray(m.i0), i1=cp.asarray(m.i1), w=w,
+                                ptr=cp.asarray(m.ptr), src=cp.asarray(m.src),
+                                wt=cp.asarray(m.wt, acc))
+    return got
+
+
+def interpolate_forward(rp, x):
+    """``interpolate`` one dim per pass (``resample.cu``), the last dim first."""
+    cp = _xp()
+    with _on_device(x):
+        cur = _contiguous(x)
+        acc = _acc(cur.dtype)
+        for d in reversed(range(rp.nd)):
+            m = rp.maps[d]
+            if m.identity:
+                continue
+            g = _device_maps(m, _device_id(cur), acc)
+            dim = 2 + d
+            A, B = math.prod(cur.shape[:dim]), math.prod(cur.shape[dim + 1:])
+            y = cp.empty(cur.shape[:dim] + (m.n_out,) + cur.shape[dim + 1:], cur.dtype)
+            w0, w1 = g["w"] if g["w"] is not None else (None, None)
+            launch("resample", "resample_forward", cur.dtype,
+                   _cuda.index_dtype(cur.size, y.size),
+                   (cur, y, g["i0"], g["i1"], w0, w1, A, m.n_in, m.n_out, B), total=y.size)
+            cur = y
+        return cur if cur is not x else cur.copy()
+
+
+def interpolate_backward(rp, gy):
+    """The adjoint of :func:`interpolate_forward` (CSR gathers, the first dim first)."""
+    cp = _xp()
+    with _on_device(gy):
+        cur = _contiguous(gy)
+        acc = _acc(cur.dtype)
+        for d in range(rp.nd):
+            m = rp.maps[d]
+            if m.identity:
+                continue
+            g = _device_maps(m, _device_id(cur), acc)
+            dim = 2 + d
+            A, B = math.prod(cur.shape[:dim]), math.prod(cur.shape[dim + 1:])
+            gx = cp.empty(cur.shape[:dim] + (m.n_in,) + cur.shape[dim + 1:], cur.dtype)
+            launch("resample", "resample_backward", cur.dtype,
+                   _cuda.index_dtype(cur.size, gx.size),
+                   (cur, gx, g["ptr"], g["src"], g["wt"], A, m.n_in, m.n_out, B),
+                   total=gx.size)
+            cur = gx
+        return cur if cur is not gy else cur.copy()
+
+
+def adaptive_max_pool_forward(ps, x):
+    """Adaptive max pooling: ``(y, indices)`` with PyTorch's int64 plane indices."""
+    cp = _xp()
+    with _on_device(x):
+        x = _contiguous(x)
+        y = cp.empty((ps.N, ps.C) + tuple(ps.out_size), x.dtype)
+        idx = cp.empty(y.shape, np.int64)
+        launch("pool", "adaptive_max_pool_forward", x.dtype, _cuda.index_dtype(x.size, y.size),
+               (x, y, idx, ps.N * ps.C) + ps.geometry(), total=y.size)
+        return y, idx
+
+
 __all__ = ["require_cupy", "conv_forward", "conv_backward_input", "conv_backward_weight",
            "bias_grad", "get_workspace_limit", "set_workspace_limit", "plan_chunk",
            "is_pointwise", "conv_sizes", "max_pool_forward", "max_pool_backward",
            "avg_pool_forward", "avg_pool_backward", "adaptive_avg_pool_forward",
            "adaptive_avg_pool_backward", "relu_forward", "relu_backward", "pad_forward",
-           "pad_backward", "linear_forward"]
+           "pad_backward", "linear_forward", "activation_forward", "activation_backward",
+           "softmax_forward", "softmax_backward", "dropout_forward", "dropout_backward",
+           "batch_norm_train", "batch_norm_stats", "batch_norm_apply", "batch_norm_backward",
+           "running_invstd", "interpolate_forward", "interpolate_backward",
+           "adaptive_max_pool_forward"]

@@ -765,3 +765,231 @@ def linear_params(op: str, x_shape, w_shape, b_shape=None) -> LinearParams:
                          f"(weight {w_shape})")
     return LinearParams(op=op, lead_shape=x_shape[:-1], in_features=w_shape[1],
                         out_features=w_shape[0])
+
+
+# ---- batch norm, activations, softmax, dropout, interpolate ----
+
+@dataclass(frozen=True)
+class NormParams:
+    """A checked ``batch_norm``: input (N, C, *spatial) viewed as (N, C, S)."""
+    op: str
+    x_shape: tuple
+    N: int
+    C: int
+    S: int
+    training: bool
+
+    @property
+    def count(self) -> int:
+        """Values per channel (N * S)."""
+        return self.N * self.S
+
+
+def norm_params(op: str, x_shape, training: bool, **vectors) -> NormParams:
+    """Check a batch-norm input (at least 2 dims, channels in dim 1) and its per-channel
+    arrays (``running_mean=...``, ``weight=...``: shapes or None), each of shape (C,)."""
+    x_shape = _shape(x_shape)
+    if len(x_shape) < 2:
+        raise ValueError(f"{op}: input must have at least 2 dims (N, C, *), got "
+                         f"{len(x_shape)}-D {x_shape}")
+    N, C = x_shape[0], x_shape[1]
+    for name, shape in vectors.items():
+        if shape is not None and _shape(shape) != (C,):
+            raise ValueError(f"{op}: {name} has shape {_shape(shape)}, expected ({C},) for "
+                             f"input {x_shape} with {C} channels")
+    S = math.prod(x_shape[2:])
+    training = bool(training)
+    if training and N * S == 1:
+        raise ValueError(f"{op}: expected more than 1 value per channel when training, got "
+                         f"input {x_shape}")
+    return NormParams(op=op, x_shape=x_shape, N=N, C=C, S=S, training=training)
+
+
+def check_eps_momentum(op: str, eps, momentum) -> tuple:
+    """``eps`` a non-negative number, ``momentum`` a number in [0, 1] (or None: the layers
+    pass the cumulative average's factor instead)."""
+    if not isinstance(eps, numbers.Real) or isinstance(eps, bool) or not eps >= 0:
+        raise ValueError(f"{op}: eps must be a non-negative number, got {eps!r}")
+    if momentum is not None and (not isinstance(momentum, numbers.Real)
+                                 or isinstance(momentum, bool) or not 0 <= momentum <= 1):
+        raise ValueError(f"{op}: momentum must be a number in [0, 1] or None, got "
+                         f"{momentum!r}")
+    return float(eps), None if momentum is None else float(momentum)
+
+
+def check_dim(op: str, dim, ndim: int) -> int:
+    """``dim`` normalised to [0, ndim) (a 0-d array takes -1 and 0, as in PyTorch)."""
+    n = max(ndim, 1)
+    if not is_int(dim) or not -n <= dim < n:
+        raise ValueError(f"{op}: dim={dim!r} is out of range for a {ndim}-D input (expected "
+                         f"an int in [{-n}, {n - 1}])")
+    return int(dim) % n
+
+
+def softmax_lines(op: str, shape, dim) -> tuple:
+    """``(outer, D, inner)``: ``shape`` viewed around the softmax dim ``dim`` (checked);
+    a 0-d shape is (1, 1, 1)."""
+    shape = _shape(shape)
+    d = check_dim(op, dim, len(shape))
+    if not shape:
+        return 1, 1, 1
+    return math.prod(shape[:d]), shape[d], math.prod(shape[d + 1:])
+
+
+def check_probability(op: str, p) -> float:
+    """Dropout's ``p``: a number in [0, 1]."""
+    if not isinstance(p, numbers.Real) or isinstance(p, bool) or not 0 <= p <= 1:
+        raise ValueError(f"{op}: p must be a probability in [0, 1], got {p!r}")
+    return float(p)
+
+
+_INTERPOLATE_MODES = {"nearest": None, "linear": 1, "bilinear": 2, "trilinear": 3}
+
+
+@dataclass(frozen=True, eq=False)
+class DimMap:
+    """How one dim of ``interpolate`` reads its input, in PyTorch's index arithmetic.
+
+    Output ``o`` is ``w0[o] * x[i0[o]] + w1[o] * x[i1[o]]`` (``x[i0[o]]`` for nearest,
+    where ``w0`` and ``w1`` are None).  The transposed map in CSR form drives the
+    gradient: input ``i`` gathers ``wt[k] * gy[src[k]]`` for k in ``ptr[i]:ptr[i + 1]``.
+    ``identity``: nearest with equal sizes (the pass is skipped).
+    """
+    n_in: int
+    n_out: int
+    identity: bool
+    i0: np.ndarray
+    i1: np.ndarray
+    w0: object
+    w1: object
+    ptr: np.ndarray
+    src: np.ndarray
+    wt: np.ndarray
+
+
+def _dim_map(mode: str, n_in: int, n_out: int, scale, align_corners: bool, dtype) -> DimMap:
+    """PyTorch's ``nearest_idx`` (float32 arithmetic for every dtype) and
+    ``compute_source_index_and_lambda`` (in the op's math type ``T``: float32 for float16
+    and float32, float64 for float64; the weights are stored in it) for one dim;
+    ``scale`` is the user's scale factor or None (then in / out)."""
+    o = np.arange(n_out, dtype=np.int64)
+    T = np.float64 if np.dtype(dtype) == np.float64 else np.float32
+    if mode == "nearest":
+        if n_out == n_in:
+            i0 = o
+        elif n_out == 2 * n_in:
+            i0 = o >> 1
+        else:
+            s = np.float32(1.0 / scale) if scale else np.float32(n_in) / np.float32(n_out)
+            i0 = np.minimum(np.floor(o.astype(np.float32) * s).astype(np.int64), n_in - 1)
+        i1, w0, w1 = i0, None, None
+        wt_of = (np.ones(n_out, T),)
+        idx, outs = i0, o
+    else:
+        if n_out == n_in:
+            i0 = i1 = o
+            lam = np.zeros(n_out, T)
+        else:
+            if align_corners:
+                ratio = T(n_in - 1) / T(n_out - 1) if n_out > 1 else T(0)
+                real = ratio * o.astype(T)
+            else:
+                ratio = T(1.0 / scale) if scale else T(n_in) / T(n_out)
+                real = np.maximum(ratio * (o.astype(T) + T(0.5)) - T(0.5), T(0))
+            i0 = np.minimum(np.floor(real).astype(np.int64), n_in - 1)
+            lam = np.minimum(np.maximum(real - i0.astype(T), T(0)), T(1)).astype(T)
+            i1 = i0 + (i0 < n_in - 1)
+        w0 = (T(1) - lam).astype(T)
+        w1 = lam.astype(T)
+        wt_of = (w0, w1)
+        idx, outs = np.concatenate([i0, i1]), np.concatenate([o, o])
+    wt = np.concatenate(wt_of).astype(T)
+    order = np.lexsort((outs, idx))              # by input index, then output; stable
+    ptr = np.zeros(n_in + 1, np.int64)
+    np.cumsum(np.bincount(idx, minlength=n_in), out=ptr[1:])
+    return DimMap(n_in=n_in, n_out=n_out, identity=mode == "nearest" and n_in == n_out,
+                  i0=np.ascontiguousarray(i0), i1=np.ascontiguousarray(i1), w0=w0, w1=w1,
+                  ptr=ptr, src=np.ascontiguousarray(outs[order]),
+                  wt=np.ascontiguousarray(wt[order]))
+
+
+@dataclass(frozen=True, eq=False)
+class ResampleParams:
+    """A checked ``interpolate``: (N, C, *in_size) -> (N, C, *out_size), one
+    :class:`DimMap` per spatial dim."""
+    op: str
+    mode: str
+    nd: int
+    N: int
+    C: int
+    in_size: tuple
+    out_size: tuple
+    maps: tuple
+
+    @property
+    def x_shape(self) -> tuple:
+        return (self.N, self.C) + self.in_size
+
+    @property
+    def y_shape(self) -> tuple:
+        return (self.N, self.C) + self.out_size
+
+
+def _positive_number(v) -> bool:
+    return isinstance(v, numbers.Real) and not isinstance(v, bool) and v > 0 and math.isfinite(v)
+
+
+def interpolate_params(op: str, x_shape, dtype, size=None, scale_factor=None,
+                       mode="nearest", align_corners=None,
+                       what: str = "input") -> ResampleParams:
+    """Check the arguments of ``interpolate`` (PyTorch's ``F.interpolate`` rules: exactly
+    one of ``size`` and ``scale_factor``; the output size from a scale factor is
+    ``floor(in * scale_factor)``, and the factor itself maps the coordinates)."""
+    if not isinstance(mode, str) or mode not in _INTERPOLATE_MODES:
+        raise ValueError(f"{op}: mode must be one of 'nearest', 'linear', 'bilinear', "
+                         f"'trilinear', got {mode!r}")
+    x_shape = _shape(x_shape)
+    if len(x_shape) not in (3, 4, 5):
+        raise ValueError(f"{op}: {what} must be 3-D (N, C, L), 4-D (N, C, H, W) or 5-D "
+                         f"(N, C, D, H, W), got {len(x_shape)}-D {x_shape}")
+    nd = len(x_shape) - 2
+    need = _INTERPOLATE_MODES[mode]
+    if need is not None and need != nd:
+        raise ValueError(f"{op}: mode {mode!r} needs a {need + 2}-D input {_DIM_NAMES[need]}, "
+                         f"got {len(x_shape)}-D {what} {x_shape}")
+    if align_corners is not None and mode == "nearest":
+        raise ValueError(f"{op}: align_corners can only be set with the linear modes "
+                         f"(linear, bilinear, trilinear), got mode 'nearest'")
+    if size is None and scale_factor is None:
+        raise ValueError(f"{op}: either size or scale_factor must be given")
+    if size is not None and scale_factor is not None:
+        raise ValueError(f"{op}: give size or scale_factor, not both (got size={size!r}, "
+                         f"scale_factor={scale_factor!r})")
+    N, C, in_size = x_shape[0], x_shape[1], x_shape[2:]
+    if C < 1 or any(v < 1 for v in in_size):
+        raise ValueError(f"{op}: {what} {x_shape} has an empty channel or spatial "
+                         f"dimension; only the batch dimension may be 0")
+    if size is not None:
+        sizes = (size,) * nd if is_int(size) else size
+        if not (isinstance(sizes, (tuple, list)) or type(sizes).__name__ == "Size") or \
+                len(sizes) != nd or not all(is_int(v) and v >= 1 for v in sizes):
+            raise ValueError(f"{op}: size must be a positive int or a tuple of {nd} positive "
+                             f"ints, got {size!r} for {what} {x_shape}")
+        out = tuple(int(v) for v in sizes)
+        scales = (None,) * nd
+    else:
+        sf = (scale_factor,) * nd if _positive_number(scale_factor) else scale_factor
+        if not isinstance(sf, (tuple, list)) or len(sf) != nd or \
+                not all(_positive_number(v) for v in sf):
+            raise ValueError(f"{op}: scale_factor must be a positive number or a tuple of "
+                             f"{nd} positive numbers, got {scale_factor!r} for {what} "
+                             f"{x_shape}")
+        scales = tuple(float(v) for v in sf)
+        out = tuple(math.floor(float(i) * s) for i, s in zip(in_size, scales))
+        if any(v < 1 for v in out):
+            raise ValueError(f"{op}: scale_factor {scale_factor!r} gives an empty output "
+                             f"{out} for {what} {x_shape}")
+    maps = tuple(_dim_map(mode, i, o, s, bool(align_corners), dtype)
+                 for i, o, s in zip(in_size, out, scales))
+    return ResampleParams(op=op, mode=mode, nd=nd, N=N, C=C, in_size=in_size, out_size=out,
+                          maps=maps)

@@ -127,3 +127,14 @@ from ._pool import (adaptive_avg_pool1d, adaptive_avg_pool2d, adaptive_avg_pool3
 __all__ += ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "relu",
             "linear", "pad"]
+
+# ---- batch norm, activations, softmax, dropout, resampling ----
+from ._activation import (dropout, gelu, leaky_relu, log_softmax, sigmoid, silu,  # noqa: E402
+                          softmax, tanh)
+from ._norm import batch_norm  # noqa: E402
+from ._resample import (adaptive_max_pool1d, adaptive_max_pool2d,  # noqa: E402
+                        adaptive_max_pool3d, interpolate)
+
+__all__ += ["batch_norm", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax",
+            "log_softmax", "dropout", "interpolate", "adaptive_max_pool1d",
+            "adaptive_max_pool2d", "adaptive_max_pool3d"]

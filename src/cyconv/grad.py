@@ -142,3 +142,22 @@ from ._pool import grad_relu as relu  # noqa: E402
 
 __all__ += ["max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d",
             "adaptive_avg_pool1d", "adaptive_avg_pool2d", "adaptive_avg_pool3d", "relu", "pad"]
+
+# ---- batch norm, activations, softmax, dropout, resampling ----
+from ._activation import grad_dropout as dropout  # noqa: E402
+from ._activation import grad_gelu as gelu  # noqa: E402
+from ._activation import grad_leaky_relu as leaky_relu  # noqa: E402
+from ._activation import grad_log_softmax as log_softmax  # noqa: E402
+from ._activation import grad_sigmoid as sigmoid  # noqa: E402
+from ._activation import grad_silu as silu  # noqa: E402
+from ._activation import grad_softmax as softmax  # noqa: E402
+from ._activation import grad_tanh as tanh  # noqa: E402
+from ._norm import grad_batch_norm as batch_norm  # noqa: E402
+from ._resample import grad_adaptive_max_pool1d as adaptive_max_pool1d  # noqa: E402
+from ._resample import grad_adaptive_max_pool2d as adaptive_max_pool2d  # noqa: E402
+from ._resample import grad_adaptive_max_pool3d as adaptive_max_pool3d  # noqa: E402
+from ._resample import grad_interpolate as interpolate  # noqa: E402
+
+__all__ += ["batch_norm", "leaky_relu", "sigmoid", "tanh", "gelu", "silu", "softmax",
+            "log_softmax", "dropout", "interpolate", "adaptive_max_pool1d",
+            "adaptive_max_pool2d", "adaptive_max_pool3d"]

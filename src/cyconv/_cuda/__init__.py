@@ -1,6 +1,7 @@
 """The one loader of cyconv's CUDA kernels, and their typed launch helpers.
 
-Each kernel family (``im2col.cu``, ``direct.cu``, ``pool.cu``) is one templated source,
+Each kernel family (``im2col.cu``, ``direct.cu``, ``pool.cu``, ``norm.cu``,
+``eltwise.cu``, ``resample.cu``) is one templated source,
 ``template <typename T, typename I>``, compiled once per process and device into a
 ``cupy.RawModule`` that instantiates every kernel for every element type (float16,
 float32, float64) and index type (``int``, ``long long``).  Shapes are run-time
@@ -77,6 +78,28 @@ SIGNATURES = {
         "avg_pool_backward": ("const T*", "T*", "I", "I", "I") + _POOL,
         "adaptive_avg_pool_forward": ("const T*", "T*", "I") + _SHAPE,
         "adaptive_avg_pool_backward": ("const T*", "T*", "I") + _SHAPE,
+        "adaptive_max_pool_forward": ("const T*", "T*", "i64*", "I") + _SHAPE,
+    },
+    "norm": {
+        "batch_norm_stats": ("const T*", "A*", "A*", "I", "I", "I"),
+        "batch_norm_apply": ("const T*", "T*", "const A*", "const A*", "const A*", "I", "I",
+                             "I"),
+        "batch_norm_backward_reduce": ("const T*", "const T*", "const A*", "A*", "A*", "I",
+                                       "I", "I"),
+        "batch_norm_backward_apply": ("const T*", "const T*", "T*", "const A*", "const A*",
+                                      "const A*", "const A*", "I", "I", "I"),
+    },
+    "eltwise": {
+        "activation_forward": ("const T*", "T*", "const A*", "I", "I"),
+        "activation_backward": ("const T*", "const T*", "T*", "const A*", "I", "I"),
+        "softmax_forward": ("const T*", "T*", "I", "I", "I", "I"),
+        "softmax_backward": ("const T*", "const T*", "T*", "I", "I", "I", "I"),
+    },
+    "resample": {
+        "resample_forward": ("const T*", "T*", "const i64*", "const i64*", "const A*?",
+                             "const A*?", "I", "I", "I", "I"),
+        "resample_backward": ("const T*", "T*", "const i64*", "const i64*", "const A*", "I",
+                              "I", "I", "I"),
     },
 }
 

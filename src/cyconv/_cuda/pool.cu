@@ -270,3 +270,42 @@ __global__ void adaptive_avg_pool_backward(const T* __restrict__ gy, T* __restri
         gx[i] = from_acc<T>(s);
     }
 }
+
+// adaptive_max_pool_forward: y (planes, OD, OH, OW) = the maximum of each adaptive window
+// of x, scanned in (d, h, w) order (the first maximum wins, a NaN always wins); idx = its
+// flat plane index (the window's first element for an all -inf window).
+template <typename T, typename I>
+__global__ void adaptive_max_pool_forward(const T* __restrict__ x, T* __restrict__ y,
+                                          long long* __restrict__ idx, const I planes,
+                                          CYC_SHAPE_PARAMS) {
+    typedef typename Acc<T>::type A;
+    const I OP = OD * OH * OW, IP = D * H * W;
+    CYC_GRID_STRIDE(i, planes * OP) {
+        I t = i;
+        const I ow = t % OW; t /= OW;
+        const I oh = t % OH; t /= OH;
+        const I od = t % OD;
+        const I pl = t / OD;
+        const T* xp = x + pl * IP;
+        const I d0 = (I)adaptive_start(od, D, OD), d1 = (I)adaptive_end(od, D, OD);
+        const I h0 = (I)adaptive_start(oh, H, OH), h1 = (I)adaptive_end(oh, H, OH);
+        const I w0 = (I)adaptive_start(ow, W, OW), w1 = (I)adaptive_end(ow, W, OW);
+        A m = negative_infinity<A>();
+        T best = from_acc<T>(m);
+        I arg = (d0 * H + h0) * W + w0;
+        for (I id = d0; id < d1; ++id)
+            for (I ih = h0; ih < h1; ++ih)
+                for (I iw = w0; iw < w1; ++iw) {
+                    const I k = (id * H + ih) * W + iw;
+                    const T raw = xp[k];
+                    const A v = to_acc(raw);
+                    if (v > m || v != v) {
+                        m = v;
+                        best = raw;
+                        arg = k;
+                    }
+                }
+        y[i] = best;
+        idx[i] = arg;
+    }
+}

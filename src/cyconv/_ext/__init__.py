@@ -1,6 +1,7 @@
 """The one loader of cyconv's compiled CPU kernels (Cython + OpenMP), and their helpers.
 
-Every kernel module (``im2col``, ``direct``, ``blocked``, ``depthwise``, ``pool``) is built twice on
+Every kernel module (``im2col``, ``direct``, ``blocked``, ``depthwise``, ``winograd``,
+``pool``, ``norm``, ``eltwise``, ``resample``) is built twice on
 x86-64: ``cyconv._ext.<mod>`` for the portable baseline and ``cyconv._ext.avx2.<mod>``
 with AVX2+FMA (``meson.build``).  :data:`ISA` says which set this process uses, chosen
 once at import from a CPU-feature check: ``CYCONV_ISA=base`` forces the baseline,
@@ -48,7 +49,8 @@ _modules = {}
 
 
 def kernels(name: str):
-    """The kernel module ``name`` ('im2col', 'direct', 'blocked', 'pool') for :data:`ISA`."""
+    """The kernel module ``name`` ('im2col', 'direct', 'blocked', 'pool', 'norm', 'eltwise',
+    'resample') for :data:`ISA`."""
     mod = _modules.get(name)
     if mod is None:
         mod = _modules[name] = importlib.import_module(f"{_PKG}.{name}")

@@ -510,6 +510,57 @@ def adaptive_avg_pool_backward(const floating[:, ::1] gy, floating[:, ::1] gx, t
     adaptive_run(gy, gx, make_shape_geom(sizes), True, n_threads)
 
 
+cdef void adaptive_max_plane(const floating* x, floating* y, int64_t* idx, const PoolGeom* g,
+                             const int64_t* rd, const int64_t* rh,
+                             const int64_t* rw) noexcept nogil:
+    """One plane: y = the maximum of each adaptive window of x, scanned in (d, h, w)
+    order (the first maximum wins, a NaN always wins: PyTorch's rule); idx = its flat
+    plane index (the window's first element for an all -inf window)."""
+    cdef Py_ssize_t od, oh, ow, id_, ih, iw, o, row, best
+    cdef floating m, v
+    for od in range(g.OD):
+        for oh in range(g.OH):
+            for ow in range(g.OW):
+                o = (od * g.OH + oh) * g.OW + ow
+                m = -INFINITY
+                best = (rd[2 * od] * g.H + rh[2 * oh]) * g.W + rw[2 * ow]
+                for id_ in range(rd[2 * od], rd[2 * od + 1]):
+                    for ih in range(rh[2 * oh], rh[2 * oh + 1]):
+                        row = (id_ * g.H + ih) * g.W
+                        for iw in range(row + rw[2 * ow], row + rw[2 * ow + 1]):
+                            v = x[iw]
+                            if v > m or v != v:
+                                m = v
+                                best = iw
+                y[o] = m
+                idx[o] = best
+
+
+def adaptive_max_pool_forward(const floating[:, ::1] x, floating[:, ::1] y,
+                              int64_t[:, ::1] idx, tuple sizes, Py_ssize_t n_threads):
+    """Adaptive max pooling of ``x`` (planes, D*H*W) into ``y`` and the int64 plane
+    indices ``idx`` (planes, OD*OH*OW); windows [floor(o * in / out),
+    ceil((o + 1) * in / out)).  NumPy equivalent of one output: ``window.max()`` with
+    NaN propagation and ``argmax`` of the first maximum."""
+    cdef PoolGeom g = make_shape_geom(sizes)
+    cdef Py_ssize_t P = x.shape[0], pl
+    check_planes("x", x.shape[0], x.shape[1], P, g.plane)
+    check_planes("y", y.shape[0], y.shape[1], P, g.out_plane)
+    check_planes("idx", idx.shape[0], idx.shape[1], P, g.out_plane)
+    if P == 0 or g.out_plane == 0:
+        return
+    cdef int64_t[:, ::1] rd = adaptive_ranges(g.OD, g.D)
+    cdef int64_t[:, ::1] rh = adaptive_ranges(g.OH, g.H)
+    cdef int64_t[:, ::1] rw = adaptive_ranges(g.OW, g.W)
+    cdef const floating* xp = &x[0, 0]
+    cdef floating* yp = &y[0, 0]
+    cdef int64_t* ip = &idx[0, 0]
+    with nogil:
+        for pl in prange(P, schedule="static", num_threads=n_threads):
+            adaptive_max_plane(xp + pl * g.plane, yp + pl * g.out_plane,
+                               ip + pl * g.out_plane, &g, &rd[0, 0], &rh[0, 0], &rw[0, 0])
+
+
 # ---------------------------------------------------------------------------------------
 # ReLU
 # ---------------------------------------------------------------------------------------

@@ -89,8 +89,8 @@ class Sequential(Module):
         """Print each child's output shape and parameter count for an input shape.
 
         Runs the model on zeros of ``input_shape`` (in the parameters' dtype and device);
-        the saved forward contexts are restored afterwards, so a pending ``backward``
-        is unaffected.
+        the saved forward contexts and the buffers (running statistics) are restored
+        afterwards, so a pending ``backward`` and the model's state are unaffected.
 
         Parameters
         ----------
@@ -104,6 +104,7 @@ class Sequential(Module):
         xp = array_module(ref)
         x = xp.zeros(tuple(int(s) for s in input_shape), ref.dtype)
         saved = [(m, m._ctx) for m in self.modules()]
+        buffers = [(b, b.copy()) for b in self.buffers()]   # BatchNorm's running statistics
         rows = [("input", "", tuple(x.shape), "")]
         try:
             for name, m in self._modules.items():
@@ -115,6 +116,8 @@ class Sequential(Module):
         finally:
             for m, ctx in saved:
                 object.__setattr__(m, "_ctx", ctx)
+            for b, copy in buffers:
+                b[...] = copy
         header = ("name", "layer", "output shape", "params")
         table = [header] + [(a, b, str(c), d) for a, b, c, d in rows]
         widths = [max(len(r[i]) for r in table) for i in range(4)]

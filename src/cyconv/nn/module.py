@@ -80,6 +80,7 @@ class Module:
 
     def __init__(self):
         object.__setattr__(self, "_parameters", OrderedDict())
+        object.__setattr__(self, "_buffers", OrderedDict())
         object.__setattr__(self, "_modules", OrderedDict())
         object.__setattr__(self, "training", True)
         object.__setattr__(self, "_ctx", None)
@@ -89,15 +90,22 @@ class Module:
         if "_parameters" not in self.__dict__:
             raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before "
                                f"assigning attributes")
-        self._parameters.pop(name, None)
-        self._modules.pop(name, None)
-        if isinstance(value, Parameter):
-            self._parameters[name] = value
-        elif isinstance(value, Module):
-            self._modules[name] = value
+        if name in self._buffers and not isinstance(value, (Parameter, Module)):
+            self._buffers[name] = value          # a buffer stays one (None included)
+            object.__setattr__(self, name, value)
+            return
+        # replacing a parameter or module keeps its place (state_dict and Sequential order)
+        kind = (self._parameters if isinstance(value, Parameter)
+                else self._modules if isinstance(value, Module) else None)
+        for d in (self._parameters, self._modules, self._buffers):
+            if d is not kind:
+                d.pop(name, None)
+        if kind is not None:
+            kind[name] = value
         object.__setattr__(self, name, value)
 
     def __delattr__(self, name):
+        self._buffers.pop(name, None)
         self._parameters.pop(name, None)
         self._modules.pop(name, None)
         object.__delattr__(self, name)
@@ -185,6 +193,47 @@ class Module:
         for _, p in self.named_parameters(recurse=recurse):
             yield p
 
+    def register_buffer(self, name: str, array):
+        """Register ``array`` (or None) as a buffer: state that is not trained but is saved
+        in the ``state_dict`` and moved by :meth:`to` (BatchNorm's running statistics)."""
+        if "_buffers" not in self.__dict__:
+            raise RuntimeError(f"{type(self).__name__}: call Module.__init__() before "
+                               f"registering buffers")
+        if not isinstance(name, str) or not name or "." in name:
+            raise ValueError(f"{type(self).__name__}.register_buffer: the name must be a "
+                             f"non-empty string without '.', got {name!r}")
+        if array is not None and not (isinstance(array, np.ndarray) or is_cupy(array)):
+            raise TypeError(f"{type(self).__name__}.register_buffer: {name!r} must be a "
+                            f"NumPy or CuPy array or None, got {type(array).__name__}")
+        self._parameters.pop(name, None)
+        self._modules.pop(name, None)
+        self._buffers[name] = array
+        object.__setattr__(self, name, array)
+
+    def named_buffers(self, prefix: str = "", recurse: bool = True):
+        """``(name, array)`` of every buffer that is not None, own buffers first."""
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield (f"{prefix}.{name}" if prefix else name), b
+        if recurse:
+            for name, m in self._modules.items():
+                yield from m.named_buffers(f"{prefix}.{name}" if prefix else name)
+
+    def buffers(self, recurse: bool = True):
+        for _, b in self.named_buffers(recurse=recurse):
+            yield b
+
+    def _named_state(self, prefix: str = ""):
+        """``(key, owner, attribute)`` of every state_dict entry in PyTorch's order: each
+        module's parameters, then its buffers, then its children's entries."""
+        for name, p in self._parameters.items():
+            yield (f"{prefix}.{name}" if prefix else name), p, "data"
+        for name, b in self._buffers.items():
+            if b is not None:
+                yield (f"{prefix}.{name}" if prefix else name), self, name
+        for name, m in self._modules.items():
+            yield from m._named_state(f"{prefix}.{name}" if prefix else name)
+
     # -- training state ------------------------------------------------------------
     def zero_grad(self, set_to_none: bool = True):
         """Reset every parameter's gradient (to ``None``, or to zeros in place)."""
@@ -206,12 +255,13 @@ class Module:
 
     # -- state_dict ----------------------------------------------------------------
     def state_dict(self) -> OrderedDict:
-        """Every parameter under PyTorch's key, as a copy on the parameter's device.
+        """Every parameter and buffer under PyTorch's key, as a copy on its device.
 
         Unlike PyTorch, the arrays are snapshots: later optimizer steps do not change a
         state_dict taken before them.
         """
-        return OrderedDict((name, p.data.copy()) for name, p in self.named_parameters())
+        return OrderedDict((key, getattr(owner, attr).copy())
+                           for key, owner, attr in self._named_state())
 
     def load_state_dict(self, state_dict, strict: bool = True) -> IncompatibleKeys:
         """Copy values into the existing parameters, keeping their dtype and device.
@@ -240,7 +290,7 @@ class Module:
         if not hasattr(state_dict, "keys") or not hasattr(state_dict, "__getitem__"):
             raise TypeError(f"{name}.load_state_dict: expected a mapping of names to arrays, "
                             f"got {type(state_dict).__name__}")
-        own = OrderedDict(self.named_parameters())
+        own = OrderedDict((key, (owner, attr)) for key, owner, attr in self._named_state())
         missing = [k for k in own if k not in state_dict]
         unexpected = [k for k in state_dict.keys() if k not in own]
         if strict and (missing or unexpected):
@@ -252,26 +302,27 @@ class Module:
             raise ValueError(f"{name}.load_state_dict: {'; '.join(parts)} (the model has "
                              f"{list(own)})")
         values = {}
-        for key, p in own.items():
+        for key, (owner, attr) in own.items():
             if key not in state_dict:
                 continue
             v = state_dict[key]
             if not (isinstance(v, np.ndarray) or is_cupy(v)):
                 v = np.asarray(v)
-            if tuple(v.shape) != p.shape:
+            have = tuple(getattr(owner, attr).shape)
+            if tuple(v.shape) != have:
                 raise ValueError(f"{name}.load_state_dict: shape mismatch for {key!r}: the "
-                                 f"state_dict has {tuple(v.shape)}, the model {p.shape}")
+                                 f"state_dict has {tuple(v.shape)}, the model {have}")
             values[key] = v
         for key, v in values.items():
-            p = own[key]
-            if is_cupy(p.data) != is_cupy(v):
-                v = to_device(v, device_of(p.data), what=f"{name}.load_state_dict")
-            p.data[...] = v.astype(p.data.dtype, copy=False)
+            target = getattr(*own[key])
+            if is_cupy(target) != is_cupy(v):
+                v = to_device(v, device_of(target), what=f"{name}.load_state_dict")
+            target[...] = v.astype(target.dtype, copy=False)
         return IncompatibleKeys(missing, unexpected)
 
     # -- device and dtype ----------------------------------------------------------
     def to(self, device=None, dtype=None):
-        """Move (and/or cast) every parameter in place; returns ``self``.
+        """Move (and/or cast) every parameter and buffer in place; returns ``self``.
 
         Parameters
         ----------
@@ -283,7 +334,8 @@ class Module:
 
         Notes
         -----
-        Gradients move with their parameters.  Saved forward contexts are dropped, so
+        Gradients move with their parameters; integer buffers (``num_batches_tracked``)
+        keep their dtype.  Saved forward contexts are dropped, so
         call the model again before ``backward``.  Create optimizers after moving a
         model: their state stays where it was.
         """
@@ -294,7 +346,8 @@ class Module:
             device, dtype = None, device
         params = list(self.parameters())
         if device is None:
-            target, index = (device_of(params[0].data) if params else "cpu"), None
+            first = params[0].data if params else next(self.buffers(), None)
+            target, index = (device_of(first) if first is not None else "cpu"), None
         else:
             target, index = parse_device(name, device)
         dt = None if dtype is None else layer_dtype(name, dtype, target)
@@ -307,6 +360,14 @@ class Module:
                 if dt is not None and a.dtype != dt:
                     a = a.astype(dt)
                 setattr(p, attr, a)
+        for m in self.modules():         # buffers: floating ones take the dtype too
+            for key, b in list(m._buffers.items()):
+                if b is None:
+                    continue
+                b = to_device(b, target, index, what=name)
+                if dt is not None and b.dtype.kind == "f" and b.dtype != dt:
+                    b = b.astype(dt)
+                setattr(m, key, b)
         for m in self.modules():
             object.__setattr__(m, "_ctx", None)
         return self

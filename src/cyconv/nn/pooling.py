@@ -1,4 +1,5 @@
-"""Pooling layers: ``MaxPool1d/2d/3d``, ``AvgPool1d/2d/3d``, ``AdaptiveAvgPool1d/2d/3d``.
+"""Pooling layers: ``MaxPool1d/2d/3d``, ``AvgPool1d/2d/3d``, ``AdaptiveAvgPool1d/2d/3d``,
+``AdaptiveMaxPool1d/2d/3d``.
 
 Each is a thin stateful wrapper over ``cyconv.<op>`` and ``cyconv.grad.<op>``; the
 functional ops check the arguments (at the first call, as in PyTorch).
@@ -10,7 +11,8 @@ import cyconv
 from .module import Module
 
 __all__ = ["MaxPool1d", "MaxPool2d", "MaxPool3d", "AvgPool1d", "AvgPool2d", "AvgPool3d",
-           "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d"]
+           "AdaptiveAvgPool1d", "AdaptiveAvgPool2d", "AdaptiveAvgPool3d",
+           "AdaptiveMaxPool1d", "AdaptiveMaxPool2d", "AdaptiveMaxPool3d"]
 
 
 class _MaxPoolNd(Module):
@@ -182,3 +184,52 @@ class AdaptiveAvgPool2d(_AdaptiveAvgPoolNd):
 class AdaptiveAvgPool3d(_AdaptiveAvgPoolNd):
     __doc__ = _ADAPTIVE_DOC.format(nd=3)
     _op = "adaptive_avg_pool3d"
+
+
+class _AdaptiveMaxPoolNd(Module):
+    _op = ""
+
+    def __init__(self, output_size, return_indices=False):
+        super().__init__()
+        self.output_size = output_size
+        self.return_indices = return_indices
+
+    def forward(self, x):
+        """Max over each adaptive window; ``(output, indices)`` with ``return_indices``."""
+        self._check_input(x)
+        y, indices = getattr(cyconv, self._op)(x, self.output_size, return_indices=True)
+        self._ctx = (tuple(x.shape), indices)
+        return (y, indices) if self.return_indices else y
+
+    def backward(self, grad_output):
+        """Routes each output gradient to the input element its window picked."""
+        x_shape, indices = self._saved()
+        return getattr(cyconv.grad, self._op)(grad_output, indices, x_shape)
+
+    def extra_repr(self):
+        return f"output_size={self.output_size}"
+
+
+_ADAPTIVE_MAX_DOC = """{nd}-D adaptive max pooling (semantics of ``torch.nn.AdaptiveMaxPool{nd}d``).
+
+Parameters
+----------
+output_size : int or tuple of {nd} ints (an entry may be None: keep that input size)
+return_indices : bool
+    Return ``(output, indices)`` (flat indices within each input plane, int64).
+"""
+
+
+class AdaptiveMaxPool1d(_AdaptiveMaxPoolNd):
+    __doc__ = _ADAPTIVE_MAX_DOC.format(nd=1)
+    _op = "adaptive_max_pool1d"
+
+
+class AdaptiveMaxPool2d(_AdaptiveMaxPoolNd):
+    __doc__ = _ADAPTIVE_MAX_DOC.format(nd=2)
+    _op = "adaptive_max_pool2d"
+
+
+class AdaptiveMaxPool3d(_AdaptiveMaxPoolNd):
+    __doc__ = _ADAPTIVE_MAX_DOC.format(nd=3)
+    _op = "adaptive_max_pool3d"
