@@ -11,13 +11,15 @@ Every case first checks that the blocked kernel really ran.
 """
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 
 import cyconv
 import reference
 from conftest import DTYPES, ConvCase, assert_close, assert_identical
-from cyconv import _cpu
+from cyconv import _cpu, _plan
 
 BLOCKED_CASES = [
     # nd, N, C_in, C_out, groups, in, kernel, stride, padding, dilation, bias
@@ -122,10 +124,17 @@ def _batched(a, case):
 def test_forward_matches_reference(case, dtype, monkeypatch):
     calls = _spy(monkeypatch)
     x, w, b = case.numpy_arrays(dtype)
-    y = getattr(cyconv, case.op)(x, w, b, **case.kwargs, algorithm="direct")
-    assert calls == ["blocked"], "the blocked kernel did not run"
     plan = cyconv.plan(case.op, x.shape, w.shape, dtype=np.dtype(dtype).name,
                        algorithm="direct", **case.kwargs)
+    if plan.kernel == "outer":     # groups of 8-64 channels: the plan's own choice;
+        # the blocked kernel must still be right there (it runs them when forced)
+        assert _plan.outer_wins(plan.params, "forward")
+        plan = dataclasses.replace(plan, kernel="blocked")
+        y = _cpu.conv_forward(plan, _batched(x, case), w, b)
+        y = y if case.batched else y[0]
+    else:
+        y = getattr(cyconv, case.op)(x, w, b, **case.kwargs, algorithm="direct")
+    assert calls == ["blocked"], "the blocked kernel did not run"
     assert plan.kernel == "blocked"
     expected = reference.conv(_batched(x, case), w, b, case.stride_t, case.pairs,
                               case.dilation_t, case.groups)
