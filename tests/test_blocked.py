@@ -63,6 +63,11 @@ BLOCKED_CASES = [
     # one long 1-D sample: too few rows for the threads, so rows are cut across too
     ConvCase(1, 1, 16, 24, 1, (1000,), (3,), padding=1, bias=True),
     ConvCase(1, 1, 8, 16, 1, (2001,), (4,), stride=2, padding=3, dilation=2),
+    # one short sample with many output blocks (a text CNN, a vocoder's input layer at
+    # batch 1): the output-block pairs are shared out among the threads too; input
+    # channels not a multiple of the block (the packed weights' overhang stays zero)
+    ConvCase(1, 1, 20, 100, 1, (16,), (5,), bias=True),
+    ConvCase(2, None, 28, 72, 1, (3, 5), (3, 3), padding=1),
 ]
 IDS = [c.id for c in BLOCKED_CASES]
 
@@ -184,11 +189,12 @@ def test_unit_stride_transposed_conv_matches_reference(spec, dtype, monkeypatch)
 
 
 @pytest.mark.parametrize("case", [BLOCKED_CASES[i] for i in (0, 2, 3, 8, 12, 13, 14, 19, 21,
-                                                              -2, -1)],
+                                                              -4, -3, -2, -1)],
                          ids=lambda c: c.id)
 def test_bit_identical_for_any_thread_count_and_workspace(case):
     """Chunking (whole samples, slabs of depth slices or rows, down to one; rows cut
-    across for a long 1-D sample) and the thread count never change a bit."""
+    across for a long 1-D sample; output blocks shared out for a short one) and the
+    thread count never change a bit."""
     x, w, b = case.numpy_arrays(np.float32)
     gy = case.grad_output(np.float32)
     op = getattr(cyconv, case.op)
@@ -203,8 +209,9 @@ def test_bit_identical_for_any_thread_count_and_workspace(case):
         cyconv.set_num_threads(2)
         y2, g2 = both()
         runs = []
-        cyconv.set_num_threads(1)
-        runs.append(("1 thread", both()))
+        for n in (1, 3):
+            cyconv.set_num_threads(n)
+            runs.append((f"{n} thread(s)", both()))
         cyconv.set_num_threads(2)
         for limit in (1024, 8 * 1024, 40 * 1024):
             cyconv.set_workspace_limit(limit)

@@ -146,4 +146,58 @@ NAME##_##NB(int ur, T *y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j, Py_ssize_t
 CY_DEFINE_BLOCKED(cy_blk_f, float, cy_v8f, 8, cy_bcast_f)
 CY_DEFINE_BLOCKED(cy_blk_d, double, cy_v4d, 4, cy_bcast_d)
 
+/* One full output block's weights in the micro-kernels' layout (blocked.pyx's
+ * pack_weights):
+ *
+ *   dst[((c / L * KK + t) * L + c % L) * L + co] = w[co * rs + c * KK + t]
+ *
+ * for co < L and the n = Cg * KK entries r = c * KK + t of each of the L weight rows (rs
+ * apart): L consecutive entries of every row at a time, transposed in registers, so each
+ * store is one vector (element by element, the strided reads and single-float stores
+ * cost more than the micro-kernels themselves at batch 1).  Blocks with fewer than L
+ * output channels, and flipped weights, are packed element by element by the caller. */
+static void cy_blk_pack_f(const float *w, Py_ssize_t rs, Py_ssize_t n, Py_ssize_t KK,
+                          float *dst)
+{
+    Py_ssize_t r = 0, c = 0, t = 0, i, co;
+    for (; r + 8 <= n; r += 8) {
+        cy_v8f r0 = *(const cy_v8f *)(w + r), r1 = *(const cy_v8f *)(w + rs + r);
+        cy_v8f r2 = *(const cy_v8f *)(w + 2 * rs + r), r3 = *(const cy_v8f *)(w + 3 * rs + r);
+        cy_v8f r4 = *(const cy_v8f *)(w + 4 * rs + r), r5 = *(const cy_v8f *)(w + 5 * rs + r);
+        cy_v8f r6 = *(const cy_v8f *)(w + 6 * rs + r), r7 = *(const cy_v8f *)(w + 7 * rs + r);
+        CY_T8(r0, r1, r2, r3, r4, r5, r6, r7);
+        cy_v8f v[8] = {r0, r1, r2, r3, r4, r5, r6, r7};
+        for (i = 0; i < 8; i++) {           /* v[i]: entry r + i of the 8 rows */
+            *(cy_v8f *)(dst + ((c / 8 * KK + t) * 8 + c % 8) * 8) = v[i];
+            if (++t == KK) { t = 0; c++; }
+        }
+    }
+    for (; r < n; r++) {
+        for (co = 0; co < 8; co++)
+            dst[((c / 8 * KK + t) * 8 + c % 8) * 8 + co] = w[co * rs + r];
+        if (++t == KK) { t = 0; c++; }
+    }
+}
+
+static void cy_blk_pack_d(const double *w, Py_ssize_t rs, Py_ssize_t n, Py_ssize_t KK,
+                          double *dst)
+{
+    Py_ssize_t r = 0, c = 0, t = 0, i, co;
+    for (; r + 4 <= n; r += 4) {
+        cy_v4d r0 = *(const cy_v4d *)(w + r), r1 = *(const cy_v4d *)(w + rs + r);
+        cy_v4d r2 = *(const cy_v4d *)(w + 2 * rs + r), r3 = *(const cy_v4d *)(w + 3 * rs + r);
+        CY_T4(r0, r1, r2, r3);
+        cy_v4d v[4] = {r0, r1, r2, r3};
+        for (i = 0; i < 4; i++) {
+            *(cy_v4d *)(dst + ((c / 4 * KK + t) * 4 + c % 4) * 4) = v[i];
+            if (++t == KK) { t = 0; c++; }
+        }
+    }
+    for (; r < n; r++) {
+        for (co = 0; co < 4; co++)
+            dst[((c / 4 * KK + t) * 4 + c % 4) * 4 + co] = w[co * rs + r];
+        if (++t == KK) { t = 0; c++; }
+    }
+}
+
 #endif

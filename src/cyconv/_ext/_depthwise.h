@@ -123,42 +123,6 @@ CY_DEFINE_GATHER(bc_gather_d, double, cy_v4d, 4, CY_LOAD_ONE)
 CY_DEFINE_DOT(bc_dot_f, float, cy_v8f, 8, CY_LOAD_ONE)
 CY_DEFINE_DOT(bc_dot_d, double, cy_v4d, 4, CY_LOAD_ONE)
 
-/* In-register transposes of an L x L block (rows in r0..): three rounds of two-vector
- * shuffles for float32 (unpack, pair, halves), two for float64. */
-#define CY_T8(r0, r1, r2, r3, r4, r5, r6, r7) do {                                          \
-    cy_v8f t0 = CY_SHUF8(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
-    cy_v8f t1 = CY_SHUF8(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);                               \
-    cy_v8f t2 = CY_SHUF8(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
-    cy_v8f t3 = CY_SHUF8(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);                               \
-    cy_v8f t4 = CY_SHUF8(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
-    cy_v8f t5 = CY_SHUF8(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);                               \
-    cy_v8f t6 = CY_SHUF8(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
-    cy_v8f t7 = CY_SHUF8(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);                               \
-    cy_v8f s0 = CY_SHUF8(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
-    cy_v8f s1 = CY_SHUF8(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);                               \
-    cy_v8f s2 = CY_SHUF8(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
-    cy_v8f s3 = CY_SHUF8(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);                               \
-    cy_v8f s4 = CY_SHUF8(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
-    cy_v8f s5 = CY_SHUF8(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);                               \
-    cy_v8f s6 = CY_SHUF8(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
-    cy_v8f s7 = CY_SHUF8(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);                               \
-    r0 = CY_SHUF8(s0, s4, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
-    r1 = CY_SHUF8(s1, s5, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
-    r2 = CY_SHUF8(s2, s6, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
-    r3 = CY_SHUF8(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
-    r4 = CY_SHUF8(s0, s4, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
-    r5 = CY_SHUF8(s1, s5, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
-    r6 = CY_SHUF8(s2, s6, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
-    r7 = CY_SHUF8(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
-} while (0)
-
-#define CY_T4(r0, r1, r2, r3) do {                                                          \
-    cy_v4d t0 = CY_SHUF4(r0, r1, 0, 4, 2, 6), t1 = CY_SHUF4(r0, r1, 1, 5, 3, 7);            \
-    cy_v4d t2 = CY_SHUF4(r2, r3, 0, 4, 2, 6), t3 = CY_SHUF4(r2, r3, 1, 5, 3, 7);            \
-    r0 = CY_SHUF4(t0, t2, 0, 1, 4, 5); r1 = CY_SHUF4(t1, t3, 0, 1, 4, 5);                   \
-    r2 = CY_SHUF4(t0, t2, 2, 3, 6, 7); r3 = CY_SHUF4(t1, t3, 2, 3, 6, 7);                   \
-} while (0)
-
 /* dw_interleave: dst[p * L + c] = src[c * plane + p]   (p < n, c < L)
  * dw_deinterleave: dst[c * plane + p] = src[p * L + c]
  * L planes to pixel-major and back, L pixels at a time through a register transpose. */

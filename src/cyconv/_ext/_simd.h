@@ -296,10 +296,16 @@ static int NAME##_fill_check(T *dst, Py_ssize_t ds, const T *src, Py_ssize_t R, 
                                                                                       \
 static int NAME##_all_finite(const T *a, Py_ssize_t n)                                \
 {                                                                                     \
-    V z = {0};                                                                        \
+    V z = {0}, z1 = {0}, z2 = {0}, z3 = {0};   /* four chains: not latency-bound */   \
     int bad = 0;                                                                      \
     Py_ssize_t i;                                                                     \
-    for (i = 0; i + L <= n; i += L)                                                   \
+    for (i = 0; i + 4 * L <= n; i += 4 * L) {                                         \
+        V v0 = *(const V *)(a + i), v1 = *(const V *)(a + i + L);                     \
+        V v2 = *(const V *)(a + i + 2 * L), v3 = *(const V *)(a + i + 3 * L);         \
+        z += v0 - v0; z1 += v1 - v1; z2 += v2 - v2; z3 += v3 - v3;                    \
+    }                                                                                 \
+    z += z1 + z2 + z3;                                                                \
+    for (; i + L <= n; i += L)                                                        \
         z += *(const V *)(a + i) - *(const V *)(a + i);                               \
     for (; i < n; i++)                                                                \
         bad |= a[i] - a[i] != 0;                                                      \
@@ -324,6 +330,42 @@ typedef long long cy_v4l __attribute__((vector_size(32)));
 #define CY_SHUF4(a, b, i0, i1, i2, i3) __builtin_shuffle(a, b, (cy_v4l){i0, i1, i2, i3})
 #endif
 /* even lanes of a:b; c's lanes doubled (low and high half); even lanes of s, odd of a */
+/* In-register transposes of an L x L block (rows in r0..): three rounds of two-vector
+ * shuffles for float32 (unpack, pair, halves), two for float64. */
+#define CY_T8(r0, r1, r2, r3, r4, r5, r6, r7) do {                                          \
+    cy_v8f t0 = CY_SHUF8(r0, r1, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
+    cy_v8f t1 = CY_SHUF8(r0, r1, 2, 10, 3, 11, 6, 14, 7, 15);                               \
+    cy_v8f t2 = CY_SHUF8(r2, r3, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
+    cy_v8f t3 = CY_SHUF8(r2, r3, 2, 10, 3, 11, 6, 14, 7, 15);                               \
+    cy_v8f t4 = CY_SHUF8(r4, r5, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
+    cy_v8f t5 = CY_SHUF8(r4, r5, 2, 10, 3, 11, 6, 14, 7, 15);                               \
+    cy_v8f t6 = CY_SHUF8(r6, r7, 0, 8, 1, 9, 4, 12, 5, 13);                                 \
+    cy_v8f t7 = CY_SHUF8(r6, r7, 2, 10, 3, 11, 6, 14, 7, 15);                               \
+    cy_v8f s0 = CY_SHUF8(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
+    cy_v8f s1 = CY_SHUF8(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);                               \
+    cy_v8f s2 = CY_SHUF8(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
+    cy_v8f s3 = CY_SHUF8(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);                               \
+    cy_v8f s4 = CY_SHUF8(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
+    cy_v8f s5 = CY_SHUF8(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);                               \
+    cy_v8f s6 = CY_SHUF8(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);                                 \
+    cy_v8f s7 = CY_SHUF8(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);                               \
+    r0 = CY_SHUF8(s0, s4, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
+    r1 = CY_SHUF8(s1, s5, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
+    r2 = CY_SHUF8(s2, s6, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
+    r3 = CY_SHUF8(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);                                        \
+    r4 = CY_SHUF8(s0, s4, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
+    r5 = CY_SHUF8(s1, s5, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
+    r6 = CY_SHUF8(s2, s6, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
+    r7 = CY_SHUF8(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);                                      \
+} while (0)
+
+#define CY_T4(r0, r1, r2, r3) do {                                                          \
+    cy_v4d t0 = CY_SHUF4(r0, r1, 0, 4, 2, 6), t1 = CY_SHUF4(r0, r1, 1, 5, 3, 7);            \
+    cy_v4d t2 = CY_SHUF4(r2, r3, 0, 4, 2, 6), t3 = CY_SHUF4(r2, r3, 1, 5, 3, 7);            \
+    r0 = CY_SHUF4(t0, t2, 0, 1, 4, 5); r1 = CY_SHUF4(t1, t3, 0, 1, 4, 5);                   \
+    r2 = CY_SHUF4(t0, t2, 2, 3, 6, 7); r3 = CY_SHUF4(t1, t3, 2, 3, 6, 7);                   \
+} while (0)
+
 #define CY_EVEN_f(a, b) CY_SHUF8(a, b, 0, 2, 4, 6, 8, 10, 12, 14)
 #define CY_DUPLO_f(c) CY_SHUF8(c, c, 0, 0, 1, 1, 2, 2, 3, 3)
 #define CY_DUPHI_f(c) CY_SHUF8(c, c, 4, 4, 5, 5, 6, 6, 7, 7)

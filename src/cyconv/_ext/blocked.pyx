@@ -43,6 +43,10 @@ from cyconv._ext._finite cimport all_finite_n
 cdef extern from "_blocked.h" nogil:
     enum: CY_UR
     enum: CY_UR_MIN
+    void cy_blk_pack_f(const float* w, Py_ssize_t rs, Py_ssize_t n, Py_ssize_t KK,
+                       float* dst)
+    void cy_blk_pack_d(const double* w, Py_ssize_t rs, Py_ssize_t n, Py_ssize_t KK,
+                       double* dst)
     void cy_blk_f_2(int ur, float* y, Py_ssize_t ys, Py_ssize_t nk, Py_ssize_t j,
                     Py_ssize_t jend, const float* x,
                     Py_ssize_t xs, Py_ssize_t xcs, const float* w, Py_ssize_t wblk,
@@ -235,7 +239,13 @@ cdef bint pack_weights(const floating* w, floating* wb, bint flip, Py_ssize_t n_
         nk = _min(L, g.Kg - k0)
         if nk < L or g.Cg % L:                          # overhanging channels stay zero
             memset(wb + it * q.wblk, 0, q.wblk * sizeof(floating))
-        for c in range(g.Cg):
+        if nk == L and not flip:                        # whole block: vectors at a time
+            src = w + ((it // q.KB) * g.Kg + k0) * g.Cg * KK
+            if floating is float:
+                cy_blk_pack_f(src, g.Cg * KK, g.Cg * KK, KK, wb + it * q.wblk)
+            else:
+                cy_blk_pack_d(src, g.Cg * KK, g.Cg * KK, KK, wb + it * q.wblk)
+        for c in range(g.Cg if nk < L or flip else 0):
             for t in range(KK):
                 # one vector of the block: the nk output channels' weights at (c, t), each
                 # read from its own row (flip: every row's entries KK apart)
@@ -323,16 +333,18 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
                      const floating* b, const floating* wb, floating* xb,
                      const Taps* tp, Py_ssize_t n0, Py_ssize_t nc, Py_ssize_t o0,
                      Py_ssize_t PC, Py_ssize_t R0, Py_ssize_t NR, Py_ssize_t RB,
-                     Py_ssize_t NRB, Py_ssize_t CW, Py_ssize_t NCW, Py_ssize_t rows,
-                     Py_ssize_t splane, Py_ssize_t simg, Py_ssize_t xs, Py_ssize_t n_threads,
-                     const Geom* g, const Blk* q) noexcept nogil:
+                     Py_ssize_t NRB, Py_ssize_t CW, Py_ssize_t NCW, Py_ssize_t KPC,
+                     Py_ssize_t rows, Py_ssize_t splane, Py_ssize_t simg, Py_ssize_t xs,
+                     Py_ssize_t n_threads, const Geom* g, const Blk* q) noexcept nogil:
     """Pack the chunk's input slabs, then compute its outputs (two parallel loops).
 
     Samples n0 .. n0+nc; outer output indices o0 ..: PC planes (depth chunk) of all rows,
     or rows R0 .. R0+NR of the single plane (height chunk); a work item is RB rows of
-    one plane, CW columns wide (NCW items across).  b is NULL without bias.
+    one plane, CW columns wide (NCW items across), for KPC output-block pairs (all of
+    them, q.KP, unless that leaves too few items).  b is NULL without bias.
     """
-    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh0, k0, ow0
+    cdef Py_ssize_t L = q.L, it, nn, gi, c, kp, pi, od, oh0, k0, ow0, kc
+    cdef Py_ssize_t NKP = (q.KP + KPC - 1) // KPC
     cdef const floating* xsl
     for it in prange(nc * g.G * q.CB, num_threads=n_threads, schedule="dynamic"):
         nn = it // (g.G * q.CB)
@@ -340,17 +352,19 @@ cdef void _run_chunk(const floating* x, Py_ssize_t xstride, floating* y, Py_ssiz
         c = (it % q.CB) * L
         pack_slab(x + (n0 + nn) * xstride + (gi * g.Cg + c) * g.img_plane, xb + it * splane,
                   _min(L, g.Cg - c), o0, rows, splane, g, q)
-    for it in prange(nc * g.G * PC * NRB * NCW, num_threads=n_threads, schedule="dynamic"):
-        ow0 = (it % NCW) * CW
-        oh0 = R0 + (it // NCW % NRB) * RB
-        pi = (it // (NCW * NRB)) % PC
-        gi = (it // (NCW * NRB * PC)) % g.G
-        nn = it // (NCW * NRB * PC * g.G)
+    for it in prange(nc * g.G * PC * NRB * NCW * NKP, num_threads=n_threads,
+                     schedule="dynamic"):
+        kc = (it % NKP) * KPC
+        ow0 = (it // NKP % NCW) * CW
+        oh0 = R0 + (it // (NKP * NCW) % NRB) * RB
+        pi = (it // (NKP * NCW * NRB)) % PC
+        gi = (it // (NKP * NCW * NRB * PC)) % g.G
+        nn = it // (NKP * NCW * NRB * PC * g.G)
         od = o0 + pi if q.outer_d else 0
         # the slab's first row: plane pi of a depth chunk, or row R0 of a height chunk
         xsl = xb + (nn * g.G + gi) * simg + pi * g.SD * q.inner * L
-        # every output-block pair in turn, while the item's input rows are in cache
-        for kp in range(q.KP):
+        # its output-block pairs in turn, while the item's input rows are in cache
+        for kp in range(kc, _min(kc + KPC, q.KP)):
             k0 = 2 * kp * L
             _sweep(y + (n0 + nn) * ystride + (gi * g.Kg + k0) * g.P + od * g.OH * g.OW,
                    _min(2 * L, g.Kg - k0), od, oh0, _min(R0 + NR, oh0 + RB), ow0,
@@ -387,7 +401,7 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     cdef Py_ssize_t rows = slab_rows(&g, &q, OC)
     cdef Py_ssize_t splane = slab_plane(&g, &q, OC)
     cdef Py_ssize_t simg = q.CB * splane                   # one (sample, group) slab
-    cdef Py_ssize_t o0, oc, PC, R0, NR, RB, NRB, CW, NCW
+    cdef Py_ssize_t o0, oc, PC, R0, NR, RB, NRB, CW, NCW, KPC
     cdef Py_ssize_t nw = g.G * q.KB * q.wblk
     cdef floating* wb = _alloc(nw, <floating> 0)
     cdef floating* xb = NULL
@@ -437,11 +451,17 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                 CW = (g.OW + NCW - 1) // NCW
                 CW = (CW + CY_UR - 1) // CY_UR * CY_UR
                 NCW = (g.OW + CW - 1) // CW
+                # still too few (a short row, one sample: a text CNN, a vocoder's first
+                # layer at batch 1): the output-block pairs are shared out too, each item
+                # re-reading the same input rows for its own pairs
+                KPC = q.KP
+                if nc * g.G * PC * NRB * NCW < 4 * n_threads:
+                    KPC = _max(1, q.KP * nc * g.G * PC * NRB * NCW // (4 * n_threads))
                 with nogil:
                     _run_chunk(&x[0, 0], x.shape[1], &y[0, 0], y.shape[1],
                                &b[0] if has_bias else NULL, wb, xb, &tp, n0, nc, o0, PC,
-                               R0, NR, RB, NRB, CW, NCW, rows, splane, simg, xs, n_threads,
-                               &g, &q)
+                               R0, NR, RB, NRB, CW, NCW, KPC, rows, splane, simg, xs,
+                               n_threads, &g, &q)
     finally:
         free(xb)
         free(wb)
