@@ -151,3 +151,40 @@ def test_two_tap_1d_forward_nonfinite_weight_meets_the_padding(bad):
     assert np.isnan(ref[:, 1, :2]).all()      # the padding columns
     finite = np.isfinite(ref)
     np.testing.assert_allclose(y[finite], ref[finite], rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("N", [1, 2, 5, 70])
+def test_forward_small_planes_batched_per_gemm(N, dtype, threads, workspace_limit):
+    """Forward convolutions of small planes run several samples per GEMM (their column
+    matrices side by side, the result staged and copied out), batches as even as the
+    thread count allows, the last one shorter; a workspace too small for the staged
+    batch runs one sample at a time, and one smaller still narrows the pixel tile and
+    chunks the column rows.  2-D strided with groups and bias, and 3-D, against the
+    float64 reference."""
+    x, w, b = _rng_arrays(dtype, (N, 6, 9, 7), (10, 3, 3, 3), (10,), seed=N)
+    ref = reference.conv(x, w, b, stride=2, padding=1, groups=2)
+    x3, w3 = _rng_arrays(dtype, (N, 4, 3, 4, 5), (6, 4, 2, 3, 3), seed=N + 1)
+    ref3 = reference.conv(x3, w3, padding=(1, 0, 1))
+    for limit in (256 * 1024 * 1024, 4096, 64):
+        workspace_limit(limit)
+        y = cyconv.conv2d(x, w, b, stride=2, padding=1, groups=2, algorithm="im2col")
+        assert_close(y, ref, dtype, what=f"conv2d N={N} workspace {limit}")
+        y3 = cyconv.conv3d(x3, w3, padding=(1, 0, 1), algorithm="im2col")
+        assert_close(y3, ref3, dtype, what=f"conv3d N={N} workspace {limit}")
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_forward_long_reduction_chunks_column_rows(dtype, small_tiles, threads):
+    """A column matrix deeper than the cache tile allows for SPAN pixels is built and
+    multiplied a chunk of rows at a time, the GEMMs summing into the output (tiny tiles
+    here force several chunks, with and without samples batched), 1-D/2-D/3-D."""
+    cases = [((3, 5, 40), (4, 5, 7), dict(padding=3, dilation=2), reference.conv),
+             ((4, 6, 6, 5), (8, 3, 3, 3), dict(padding=1, groups=2), reference.conv),
+             ((1, 6, 9, 9), (5, 6, 3, 3), dict(stride=2), reference.conv),
+             ((2, 3, 4, 5, 6), (4, 3, 2, 2, 3), dict(padding=1), reference.conv)]
+    for i, (xs, ws, kw, ref_fn) in enumerate(cases):
+        x, w, b = _rng_arrays(dtype, xs, ws, (ws[0],), seed=10 + i)
+        op = getattr(cyconv, f"conv{len(xs) - 2}d")
+        y = op(x, w, b, **kw, algorithm="im2col")
+        assert_close(y, ref_fn(x, w, b, **kw), dtype, what=f"{op.__name__} {xs} {ws} {kw}")

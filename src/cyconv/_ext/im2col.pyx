@@ -83,6 +83,9 @@ cdef enum:
     # pixels per input-gradient GEMM that small images are batched up to (several
     # samples side by side), so the weight matrix is packed once per batch, not per sample
     BATCH_PIXELS = 512
+    # fewest pixels per forward GEMM with a column matrix: small planes batch samples up
+    # to it, long reductions chunk their column rows rather than narrow the pixel tile
+    SPAN = 256
 
 
 # Bytes of column matrix one GEMM call works on: big enough for BLAS to run at full
@@ -113,14 +116,15 @@ cdef inline Py_ssize_t _max(Py_ssize_t a, Py_ssize_t b) noexcept nogil:
 
 
 cdef void im2col_nd(const floating* x, floating* col, const Geom* g, Py_ssize_t r0,
-                    Py_ssize_t r1, Py_ssize_t p0, Py_ssize_t p1) noexcept nogil:
+                    Py_ssize_t r1, Py_ssize_t p0, Py_ssize_t p1,
+                    Py_ssize_t ld) noexcept nogil:
     """Rows r0..r1, columns p0..p1 of one group's column matrix.
 
-    x is the group's image (Cg, D, H, W); col is (r1 - r0, p1 - p0) row-major.  NumPy:
-    ``col[r - r0, p - p0] = xpad[c, od*SD + kd*DD, oh*SH + kh*DH, ow*SW + kw*DW]`` with
-    (c, kd, kh, kw) = unravel(r) and (od, oh, ow) = unravel(p).
+    x is the group's image (Cg, D, H, W); col is (r1 - r0, p1 - p0), rows ld apart.
+    NumPy: ``col[r - r0, p - p0] = xpad[c, od*SD + kd*DD, oh*SH + kh*DH, ow*SW + kw*DW]``
+    with (c, kd, kh, kw) = unravel(r) and (od, oh, ow) = unravel(p).
     """
-    cdef Py_ssize_t ld = p1 - p0, OHW = g.OH * g.OW
+    cdef Py_ssize_t OHW = g.OH * g.OW
     cdef Py_ssize_t r, c, kd, kh, kw, t, p, od, oh, ow, seg, idd, ih, iw0, lo, hi, j
     cdef const floating* row
     cdef floating* dst
@@ -282,29 +286,67 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     if (pointwise and not _is_pointwise(&g)) or (taps and not _taps_as_gemms(&g)) or not (
             0 <= path <= PATH_TAPS):
         raise ValueError(f"im2col.conv_forward: path {path} does not fit this geometry")
-    # Chunk the output pixels: within the workspace, and enough chunks to feed the threads.
-    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * <Py_ssize_t> sizeof(floating)))
-    cdef Py_ssize_t tile = g.P if pointwise else _max(1, _min(
-        _min(g.P, budget // g.CKK),
-        _max(MIN_TILE, _TILE_BYTES // (g.CKK * <Py_ssize_t> sizeof(floating)))))
-    cdef Py_ssize_t T = (g.P + tile - 1) // tile
+    cdef Py_ssize_t elem = sizeof(floating)
+    cdef Py_ssize_t budget = _max(1, ws_bytes // (n_threads * elem))
+    cdef Py_ssize_t tile, T, S = 1, NB = N, KC = g.CKK, MB = 1, rows = g.Kg, span, ybuf = 0
+    # Pixels per chunk (the GEMM's N dimension).  Per-tap GEMMs and 1x1 layers read x
+    # in place: whole planes or the cache tile.  A column matrix takes the cache tile's
+    # worth of whole columns, but never fewer than SPAN pixels: a long reduction (GEMM
+    # depth CKK over 2048) chunks its column rows instead (KC, summed by the GEMMs in
+    # row order), so the weights are packed once per SPAN pixels or more, not once per
+    # sliver (3-D U-Net's 6x6x6 planes at depth 6912, C3D's at 13824).
+    if pointwise:
+        tile = g.P
+    elif taps:
+        tile = _max(1, _min(_min(g.P, budget // g.CKK),
+                            _max(MIN_TILE, _TILE_BYTES // (g.CKK * elem))))
+    else:
+        tile = _min(g.P, _max(SPAN, _TILE_BYTES // (g.CKK * elem)))
+    T = (g.P + tile - 1) // tile
     if N * g.G * T < n_threads:
         T = _min(_max(1, g.P // MIN_TILE), (n_threads + N * g.G - 1) // (N * g.G))
         T = _max(T, (g.P + tile - 1) // tile)
     tile = (g.P + T - 1) // T
     T = (g.P + tile - 1) // tile
+    # Small planes (a whole one under SPAN / 2 pixels): S samples side by side per GEMM
+    # (their column matrices gathered, the result staged and copied out), batches as
+    # many as the threads or a multiple of them, so the GEMM is SPAN wide, not a plane
+    # (DCGAN's 4x4 and 8x8 outputs, ResNet's 7x7 at a training batch).
+    if not (pointwise or taps) and T == 1 and N > 1 and 2 * g.P <= SPAN:
+        S = _min(N, SPAN // g.P)
+        NB = (N + S - 1) // S
+        NB = _min(N, (NB + n_threads - 1) // n_threads * n_threads)
+        S = (N + NB - 1) // NB
+        NB = (N + S - 1) // S
     # Still fewer items than threads (batch 1, few pixels: a 7x7 plane): split the output
     # channels too, in blocks of at least 16 rows.  Each output is still one GEMM's.
-    cdef Py_ssize_t MB = 1, rows = g.Kg
-    if N * g.G * T < n_threads and not taps:
-        MB = _min((n_threads + N * g.G * T - 1) // (N * g.G * T), _max(1, g.Kg // 16))
+    if NB * g.G * T < n_threads and not taps:
+        MB = _min((n_threads + NB * g.G * T - 1) // (NB * g.G * T), _max(1, g.Kg // 16))
         rows = (g.Kg + MB - 1) // MB
         MB = (g.Kg + rows - 1) // rows
-    cdef Py_ssize_t items = N * g.G * T * MB
-    cdef Py_ssize_t per_thread = 0 if pointwise or taps else g.CKK * tile
+    span = S * tile
+    ybuf = rows * span if S > 1 else 0
+    if not (pointwise or taps):
+        # column rows per chunk: all of them while the chunk fits the cache tile, and
+        # within the workspace (a workspace too small for a staged batch runs one
+        # sample at a time, and for one column of the tile, a narrower tile)
+        if g.CKK * span * elem > _TILE_BYTES:
+            KC = _max(g.KK, _TILE_BYTES // (span * elem))
+        if S > 1 and ybuf + span > budget:
+            S, NB, ybuf = 1, N, 0
+            span = tile
+        if span > budget:
+            tile = budget
+            T = (g.P + tile - 1) // tile
+            span = tile
+        KC = _max(1, _min(_min(KC, g.CKK), (budget - ybuf) // span))
+    cdef Py_ssize_t items = NB * g.G * T * MB
+    cdef Py_ssize_t per_thread = 0 if pointwise or taps else KC * span + ybuf
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
-    cdef Py_ssize_t it, n, gi, t, p0, p1, k, p, m0, m1, rest
+    cdef Py_ssize_t it, n0, ns, s, gi, t, p0, p1, k, p, m0, m1, rest, r0, r1, wid, ldo
     cdef floating* col
+    cdef floating* ybf
+    cdef floating* out
     cdef floating* yg
     cdef floating* yk
     cdef const floating* xg
@@ -318,17 +360,19 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                         wt[t * wts + k * g.Cg + c] = w[k, c * g.KK + t]
         with nogil, parallel(num_threads=n_threads):
             col = scratch + threadid() * per_thread
+            ybf = col + KC * span
             for it in prange(items, schedule="static"):
                 rest = it // MB
                 m0 = (it % MB) * rows
                 m1 = _min(m0 + rows, g.Kg)
-                n = rest // (g.G * T)
+                n0 = rest // (g.G * T) * S
+                ns = _min(S, N - n0)
                 gi = (rest // T) % g.G
                 t = rest % T
                 p0 = t * tile
                 p1 = _min(p0 + tile, g.P)
-                xg = &x[n, 0] + gi * g.Cg * g.img_plane
-                yg = &y[n, 0] + gi * g.Kg * g.P
+                xg = &x[n0, 0] + gi * g.Cg * g.img_plane
+                yg = &y[n0, 0] + gi * g.Kg * g.P
                 if pointwise:
                     gemm_rm(False, False, <int> (m1 - m0), <int> (p1 - p0), <int> g.Cg, 1,
                             &w[gi * g.Kg + m0, 0], <int> g.CKK, xg + p0, <int> g.P, 0,
@@ -336,16 +380,34 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
                 elif taps:
                     _tap_gemms(xg, wt + gi * g.Kg * g.Cg, wts, yg, &g, p0, p1)
                 else:
-                    im2col_nd(xg, col, &g, 0, g.CKK, p0, p1)
-                    gemm_rm(False, False, <int> (m1 - m0), <int> (p1 - p0), <int> g.CKK, 1,
-                            &w[gi * g.Kg + m0, 0], <int> g.CKK, col, <int> (p1 - p0), 0,
-                            yg + m0 * g.P + p0, <int> g.P)
+                    # y[rows m0:m1] = W[m0:m1, :] @ col, KC column rows at a time
+                    wid = ns * (p1 - p0)
+                    out, ldo = yg + m0 * g.P + p0, g.P
+                    if S > 1:
+                        out, ldo = ybf, wid
+                    r0 = 0
+                    while r0 < g.CKK:
+                        r1 = _min(r0 + KC, g.CKK)
+                        for s in range(ns):
+                            im2col_nd(xg + s * x.shape[1], col + s * (p1 - p0), &g, r0, r1,
+                                      p0, p1, wid)
+                        gemm_rm(False, False, <int> (m1 - m0), <int> wid, <int> (r1 - r0),
+                                1, &w[gi * g.Kg + m0, r0], <int> g.CKK, col, <int> wid,
+                                0 if r0 == 0 else 1, out, <int> ldo)
+                        r0 = r1
+                    if S > 1:
+                        for s in range(ns):
+                            for k in range(m0, m1):
+                                memcpy(yg + s * y.shape[1] + k * g.P + p0,
+                                       ybf + (k - m0) * wid + s * (p1 - p0),
+                                       (p1 - p0) * sizeof(floating))
                 if has_bias:
-                    for k in range(m0, m1):
-                        bv = b[gi * g.Kg + k]
-                        yk = yg + k * g.P
-                        for p in range(p0, p1):
-                            yk[p] = yk[p] + bv
+                    for s in range(ns):
+                        for k in range(m0, m1):
+                            bv = b[gi * g.Kg + k]
+                            yk = yg + s * y.shape[1] + k * g.P
+                            for p in range(p0, p1):
+                                yk[p] = yk[p] + bv
     finally:
         free(scratch)
         free(wt)
@@ -514,7 +576,8 @@ def conv_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,
                     src = &x[n, 0] + (gi * g.Cg + r0) * g.img_plane + p0
                     ld = g.P
                 else:
-                    im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1)
+                    im2col_nd(&x[n, 0] + gi * g.Cg * g.img_plane, col, &g, r0, r1, p0, p1,
+                              p1 - p0)
                     src = col
                     ld = p1 - p0
                 # acc[g][:, r0:r1] += gy[n, g][:, p0:p1] @ col^T
