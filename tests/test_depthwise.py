@@ -370,3 +370,39 @@ def test_outer_grouped(groups, cg, kg, stride, dtype):
     gy = RNG.standard_normal(y.shape).astype(dtype)
     gw = cyconv.grad.conv2d_weight(x, w.shape, gy, **kw)
     assert_close(gw, reference.conv_weight_grad(x, w.shape, gy, **kw), dtype, what="weight")
+
+
+OUTER_CHUNKED = [
+    # nd, x shape, w shape, kwargs: few output blocks for the threads and 1024+ pixels,
+    # so the planes are staged once and the blocks cut into pixel chunks
+    (2, (1, 3, 45, 37), (13, 3, 3, 3), dict(padding=1)),
+    (1, (1, 5, 3000), (20, 5, 7), dict(stride=2, padding=3, dilation=2)),
+    (3, (2, 2, 9, 14, 13), (8, 2, 3, 3, 3), dict(padding=1)),
+    (2, (1, 16, 40, 30), (16, 8, 3, 3), dict(padding=(0, 2), groups=2)),
+]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("case", OUTER_CHUNKED, ids=lambda c: f"{c[0]}d-{c[1]}")
+def test_outer_forward_in_pixel_chunks(case, dtype, num_threads):
+    """Batch 1 (or 2) with few output blocks: the same sums as the whole-plane items, at
+    1, 2 and 3 threads bit for bit, and against the float64 reference."""
+    nd, xs, ws, kw = case
+    x = RNG.standard_normal(xs).astype(dtype)
+    w = RNG.standard_normal(ws).astype(dtype)
+    b = RNG.standard_normal(ws[0]).astype(dtype)
+    op = f"conv{nd}d"
+
+    def run():
+        plan = cyconv.plan(op, x.shape, w.shape, dtype=np.dtype(dtype).name, **kw)
+        plan = dataclasses.replace(plan, kernel="outer", nonfinite=None,
+                                   geometry=plan.params.geometry(), phases=None)
+        return _cpu.conv_forward(plan, x, w, b)
+
+    runs = []
+    for n in (1, 2, 3):
+        num_threads(n)
+        runs.append(run())
+    assert_close(runs[0], reference.conv(x, w, b, **kw), dtype)
+    for n, y in zip((2, 3), runs[1:]):
+        assert_identical(runs[0], y, f"{n} threads")

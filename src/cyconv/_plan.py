@@ -222,20 +222,33 @@ def outer_wins(p: ConvParams, direction: str) -> bool:
       (ResNeXt's 8-32): each group's GEMM is a sliver, the blocked kernel's channel
       blocks span groups, and the per-channel kernels re-read every input plane for each
       output channel;
-    * dense weight gradients with up to :data:`OUTER_WGRAD_CHANNELS` image channels on
-      planes of up to :data:`OUTER_WGRAD_PIXELS` output pixels (CIFAR-size layers at a
-      training batch): im2col's per-sample GEMMs are then only a plane deep.
+    * dense weight gradients with up to :data:`OUTER_WGRAD_CHANNELS` image and column
+      channels on planes of up to :data:`OUTER_WGRAD_PIXELS` output pixels (CIFAR-size
+      layers at a training batch): im2col's per-sample GEMMs are then only a plane deep.
+      With more column channels the GEMM has the rows to reuse its columns and wins
+      (DCGAN's 64 -> 128 4x4 stride-2 layers: outer 1.56, im2col 1.10-1.27 of PyTorch's
+      time).
+
+    Not for windows that do not overlap (ConvNeXt's 4x4 stride-4 stem: im2col's column
+    matrix is then a permutation of the input, forward 1.10 against outer's 1.55 of
+    PyTorch's time), nor for the forward of a single dense sample, whose pixel tiles
+    feed im2col's threads where outer has a plane per block of 8 output channels (CIFAR
+    and U-Net stems at batch 1: im2col 0.93-1.28, outer 1.19-1.41).
 
     Measured in ``benchmarks/results/kernels-2threads.md``."""
     if (direction == "backward_input" or math.prod(p.kernel_size) < 2 or is_depthwise(p)
             or staging_too_big(p)):
+        return False
+    if all(k <= s for k, s in zip(p.kernel_size, p.stride)):
+        return False
+    if direction == "forward" and p.G == 1 and p.N == 1:
         return False
     cg, kg = p.img_channels // p.G, p.col_channels // p.G
     if p.G > 1:
         return 8 <= cg <= OUTER_WGRAD_CHANNELS and kg >= 8
     if cg < 8:
         return True
-    return (direction == "backward_weight" and cg <= OUTER_WGRAD_CHANNELS
+    return (direction == "backward_weight" and max(cg, kg) <= OUTER_WGRAD_CHANNELS
             and p.pixels <= OUTER_WGRAD_PIXELS)
 
 

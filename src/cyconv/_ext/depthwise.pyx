@@ -147,17 +147,23 @@ cdef void stage(const floating* src, Py_ssize_t plane, Py_ssize_t nch, floating*
 cdef void unstage(const floating* src, Py_ssize_t n, Py_ssize_t nch,
                   floating* dst) noexcept nogil:
     """dst[c * n + p] = src[p * L + c]: n interleaved pixels back into nch planes."""
+    unstage_part(src, n, n, nch, dst)
+
+
+cdef void unstage_part(const floating* src, Py_ssize_t n, Py_ssize_t plane, Py_ssize_t nch,
+                       floating* dst) noexcept nogil:
+    """dst[c * plane + p] = src[p * L + c]: n interleaved pixels into nch planes."""
     cdef Py_ssize_t L = 32 // sizeof(floating)
     cdef Py_ssize_t p, c
     if nch == L:
         if floating is float:
-            dw_deinterleave_f(src, dst, n, n)
+            dw_deinterleave_f(src, dst, plane, n)
         else:
-            dw_deinterleave_d(src, dst, n, n)
+            dw_deinterleave_d(src, dst, plane, n)
     else:
         for p in range(n):
             for c in range(nch):
-                dst[c * n + p] = src[p * L + c]
+                dst[c * plane + p] = src[p * L + c]
 
 
 cdef void pack_weights(const floating* w, Py_ssize_t KK, Py_ssize_t nch,
@@ -483,7 +489,10 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
     register block of 8 outputs anywhere in the plane.  A work item is one sample and
     one block of L output channels of one group; it stages the group's planes
     zero-padded, computes the block pixel-major and transposes it into the L output
-    planes.  x (N, C * D*H*W), w (K, C/G * KK), b (K,) or empty, y (N, K * P).
+    planes.  With too few such items for the threads (a network's first layer at batch
+    1: 32 output channels are 4 blocks), the planes are staged once, shared, and an item
+    is a chunk of at least OUTER_CHUNK pixels of a block.  x (N, C * D*H*W), w (K, C/G *
+    KK), b (K,) or empty, y (N, K * P).
     """
     cdef Geom g = make_geom(geom)
     cdef Py_ssize_t L = 32 // sizeof(floating)
@@ -497,6 +506,15 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
     cdef Py_ssize_t[::1] win = _windows(g.OD, g.OH, g.OW, g.SD, g.SH, g.SW, q.Hp, q.Wp, 1)
     cdef Py_ssize_t[::1] dense = np.arange(g.P, dtype=np.intp) * L
     cdef bint has_bias = b.shape[0] > 0
+    # pixel chunks per block: 1, or enough for 4 items per thread when blocks are few
+    cdef Py_ssize_t PC = 1, chunk
+    if N * KB < 4 * n_threads:
+        PC = max(1, min((4 * n_threads + N * KB - 1) // (N * KB), g.P // OUTER_CHUNK))
+    chunk = (g.P + PC - 1) // PC
+    PC = (g.P + chunk - 1) // chunk
+    if PC > 1:
+        _outer_forward_chunked(x, w, b, y, &g, &q, offs, win, dense, chunk, PC, n_threads)
+        return
     cdef floating* scratch = _scratch(n_threads, per_thread, <floating> 0)
     cdef floating* xp = NULL
     cdef floating* yb
@@ -529,6 +547,68 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
                 unstage(yb, g.P, nk, &y[n, 0] + k0 * g.P)
     finally:
         free(scratch)
+
+
+#: fewest output pixels per work item when outer_forward cuts blocks into chunks
+cdef Py_ssize_t OUTER_CHUNK = 512
+
+
+cdef int _outer_forward_chunked(const floating[:, ::1] x, const floating[:, ::1] w,
+                                const floating[::1] b, floating[:, ::1] y, const Geom* g,
+                                const Box* q, Py_ssize_t[::1] offs, Py_ssize_t[::1] win,
+                                Py_ssize_t[::1] dense, Py_ssize_t chunk, Py_ssize_t PC,
+                                Py_ssize_t n_threads) except -1:
+    """outer_forward with every (sample, group) image staged once into a shared buffer,
+    then PC chunks of ``chunk`` output pixels per (sample, output block) item: the same
+    sums in the same order as the unchunked kernel's."""
+    cdef Py_ssize_t L = 32 // sizeof(floating)
+    cdef Py_ssize_t N = x.shape[0], K = g.Kg, T = g.CKK
+    cdef Py_ssize_t KBg = (K + L - 1) // L
+    cdef Py_ssize_t KB = g.G * KBg
+    cdef Py_ssize_t img = g.Cg * q.Dp * q.Hp * q.Wp
+    cdef Py_ssize_t per_thread = chunk * L + T * L + L
+    cdef bint has_bias = b.shape[0] > 0
+    cdef floating* imgs = _scratch(1, N * g.G * img, <floating> 0)
+    cdef floating* scratch = NULL
+    cdef floating* xp
+    cdef floating* yb
+    cdef floating* wb
+    cdef floating* bb
+    cdef Py_ssize_t it, n, kb, gi, k0, nk, c, t, p0, np_
+    try:
+        scratch = _scratch(n_threads, per_thread, <floating> 0)
+        with nogil:
+            memset(imgs, 0, N * g.G * img * sizeof(floating))     # the borders
+            for it in prange(N * g.G, num_threads=n_threads, schedule="static"):
+                stage_plain(&x[it // g.G, 0] + (it % g.G) * g.Cg * g.img_plane, g.Cg,
+                            imgs + it * img, q, g.D, g.H, g.W)
+        with nogil, parallel(num_threads=n_threads):
+            yb = scratch + threadid() * per_thread
+            wb = yb + chunk * L
+            bb = wb + T * L
+            for it in prange(N * KB * PC, schedule="static"):
+                p0 = (it % PC) * chunk
+                np_ = min(chunk, g.P - p0)
+                n = it // (KB * PC)
+                gi = (it // PC % KB) // KBg
+                kb = (it // PC % KB) % KBg
+                k0 = gi * K + kb * L
+                nk = min(L, K - kb * L)
+                xp = imgs + (n * g.G + gi) * img
+                for t in range(T):
+                    for c in range(L):
+                        wb[t * L + c] = w[k0 + c, t] if c < nk else 0
+                for c in range(L):
+                    bb[c] = b[k0 + c] if has_bias and c < nk else 0
+                if floating is float:
+                    bc_gather_f(yb, &dense[0], xp, &win[p0], &offs[0], wb, T, np_, bb)
+                else:
+                    bc_gather_d(yb, &dense[0], xp, &win[p0], &offs[0], wb, T, np_, bb)
+                unstage_part(yb, np_, g.P, nk, &y[n, 0] + k0 * g.P + p0)
+    finally:
+        free(scratch)
+        free(imgs)
+    return 0
 
 
 def outer_backward_weight(const floating[:, ::1] x, const floating[:, ::1] gy,

@@ -303,7 +303,11 @@ def conv_forward(const floating[:, ::1] x, const floating[:, ::1] w, const float
     else:
         tile = _min(g.P, _max(SPAN, _TILE_BYTES // (g.CKK * elem)))
     T = (g.P + tile - 1) // tile
-    if N * g.G * T < n_threads:
+    # Too few items for the threads (batch 1): cut the side of the GEMM that costs more
+    # to share.  Pixel chunks each pack the whole weight matrix (Kg rows), output-channel
+    # blocks (below) each build the whole column matrix (tile columns): with more output
+    # channels than pixels (a 1x1 expansion on a 14x14 or 7x7 plane) the channels go.
+    if N * g.G * T < n_threads and (taps or g.Kg <= g.P):
         T = _min(_max(1, g.P // MIN_TILE), (n_threads + N * g.G - 1) // (N * g.G))
         T = _max(T, (g.P + tile - 1) // tile)
     tile = (g.P + T - 1) // T
