@@ -418,7 +418,7 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
                                 f"{WINOGRAD_MIN_CHANNELS}+ channels and enough tiles: "
                                 f"Winograd's fewer multiplies outweigh its transforms")
         if _blocked_wins(p, direction, itemsize):
-            return "direct", ("dense layer with 3+ taps and GEMM depth < 4096: the "
+            return "direct", ("dense layer with 3+ taps and a GEMM depth the L2 holds: the "
                               "channel-blocked kernel beats im2col + GEMM")
         if direction == "backward_weight" and _direct_wgrad_wins(p):
             return "direct", (f"{kg} output channels per group: the GEMM is too thin to "
@@ -466,6 +466,13 @@ def _winograd_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
             or winograd_tiles(p, direction, 2) >= WINOGRAD_MIN_TILES_F2)
 
 
+#: deepest channel reduction (channels x taps) of the channel-blocked kernel ('auto'):
+#: two output blocks' weights, k x 64 bytes, fill half the 512 KiB L2 ...
+BLOCKED_MAX_DEPTH = 4096
+#: ... and, for kernels of 27 or more taps, the whole L2
+BLOCKED_MAX_DEPTH_3D = 8191
+
+
 def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     """Dense layers where the channel-blocked direct kernel beats im2col + GEMM (AVX2).
 
@@ -474,8 +481,12 @@ def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     forward layers whose windows overlap (ResNet downsampling 3x3, DCGAN's 4x4 stride
     2).  im2col + GEMM stays ahead where a GEMM has the most to reuse and the blocked
     kernel the least: 1x1 and 2-tap kernels; channel reductions of GEMM depth k
-    (channels x taps) 4096 or more, where a pair of output blocks' weights (k x 64
-    bytes) outgrows the 512 KiB L2; and windows that do not overlap (ConvNeXt's 2x2
+    (channels x taps) over :data:`BLOCKED_MAX_DEPTH`, where a pair of output blocks'
+    weights (k x 64 bytes) outgrows half the 512 KiB L2 -- or, for kernels of 27 or
+    more taps (3x3x3), whose column matrix is 27 times the input, over
+    :data:`BLOCKED_MAX_DEPTH_3D`, the whole L2 (3-D U-Net's 256-channel 6x6x6 layers,
+    k = 6912: blocked 0.73-1.07 of PyTorch's time, im2col 1.37-1.59; C3D's 512-channel
+    ones, k = 13824: blocked 1.6-3.2); and windows that do not overlap (ConvNeXt's 2x2
     stride-2 downsampling, patchify stems), whose column matrix is only a permutation
     of the input (``benchmarks/results/kernels-2threads.md``).  A strided input
     gradient (one conv per output phase) measured slower than im2col.
@@ -488,7 +499,8 @@ def _blocked_wins(p: ConvParams, direction: str, itemsize: int) -> bool:
     else:
         ok = blocked_applies(p, itemsize) and input_grad_is_forward(p)
         k = p.col_channels // p.G * math.prod(p.kernel_size)
-    return ok and k < 4096
+    deepest = BLOCKED_MAX_DEPTH_3D if math.prod(p.kernel_size) >= 27 else BLOCKED_MAX_DEPTH
+    return ok and k <= deepest
 
 
 # -- planning -------------------------------------------------------------------------------

@@ -452,9 +452,13 @@ def conv_backward_input(const floating[:, ::1] gy, const floating[:, ::1] w,
     cdef Py_ssize_t S = _max(1, _min(N, (BATCH_PIXELS + g.P - 1) // g.P)) if NT == 1 else 1
     if S > 1 and g.Kg * S * g.P > budget // 2:
         S = _max(1, budget // 2 // (g.Kg * g.P))
-    # as many batches as threads, or a multiple: batches of even size
+    # As many batches as threads, or a multiple: batches of even size.  Unless the
+    # weights outweigh the output gradients (CKK > N*P: 3x3 layers of 512+ channels on
+    # 8x8 or smaller planes): each batch's GEMMs pack every weight row of its channel
+    # block, so the threads then share the channel blocks (below), not the samples.
     cdef Py_ssize_t NB = (N + S - 1) // S
-    NB = _min(N, (NB + n_threads - 1) // n_threads * n_threads)
+    if g.CKK <= N * g.P:
+        NB = _min(N, (NB + n_threads - 1) // n_threads * n_threads)
     S = (N + NB - 1) // NB
     NB = (N + S - 1) // S
     cdef Py_ssize_t span = S * pt                  # GEMM columns per call, at most
