@@ -200,7 +200,7 @@ def test_nonfinite_weights_take_the_plans_fallback(direction, executed):
 
 def test_two_tap_plan_falls_back_for_nonfinite_weights(executed):
     x = np.ones((2, 8, 30), np.float64)          # 8 input channels: not 'outer'
-    w = np.ones((4, 8, 2), np.float64)
+    w = np.ones((8, 8, 2), np.float64)           # 8 output channels: not 'direct'
     cyconv.conv1d(x, w, padding=1)
     w[0, 0, 0] = np.nan
     cyconv.conv1d(x, w, padding=1)
@@ -347,3 +347,17 @@ def test_fully_connected_layers_are_one_gemm(dtype, executed):
     # padding or a smaller window: not a linear layer
     assert cyconv.plan("conv2d", x.shape, w.shape, padding=1).kernel != "im2col_fc"
     assert cyconv.plan("conv2d", x.shape, (5, 6, 3, 3)).kernel != "im2col_fc"
+
+
+def test_few_output_channels_run_the_per_channel_kernel():
+    """Fewer than 8 output channels per group (a vocoder's 32 -> 1 output layer): im2col's
+    GEMM would have that many rows, so forward and input gradient run the per-channel
+    direct kernels; a 1x1 layer's GEMM reads x in place and keeps im2col."""
+    x, w = (1, 32, 8192), (1, 32, 7)
+    assert _plan_of("conv1d", x, w, "forward", padding=3).kernel == "direct"
+    assert _plan_of("conv1d", x, w, "input", padding=3).kernel == "direct_flipped"
+    assert _plan_of("conv2d", (2, 16, 9, 9), (3, 16, 3, 3), "input",
+                    stride=2).kernel == "direct"
+    assert _plan_of("conv2d", (4, 64, 32, 32), (2, 64, 1, 1),
+                    "forward").kernel == "im2col_pointwise"
+    assert _plan_of("conv1d", x, (8, 32, 7), "forward", padding=3).kernel != "direct"

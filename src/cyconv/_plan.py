@@ -403,6 +403,14 @@ def auto_choice(p: ConvParams, direction: str, itemsize: int, n_threads: int,
                           f"would be a sliver")
     if p.gemm_k < 8:
         return "direct", f"a GEMM depth of {p.gemm_k} (< 8) leaves BLAS nothing to reuse"
+    if (device == "cpu" and direction != "backward_weight" and kg < 8
+            and math.prod(p.kernel_size) >= 2):
+        # MelGAN's 32 -> 1 k7 output layer: per-channel direct 0.22 (forward) and 0.19
+        # (input gradient) of PyTorch's time, im2col 2.04 and 1.77
+        # (benchmarks/results/kernels-2threads.md); a 1x1 layer's GEMM reads x in place
+        # and stays ahead
+        return "direct", (f"{kg} output channel(s) per group (< 8): im2col's GEMM "
+                          f"would have {kg} row(s)")
     if device == "cpu" and outer_wins(p, direction):
         if p.G > 1:
             return "direct", (f"groups of {cg} input channels: each group's GEMM would be "
