@@ -85,43 +85,20 @@ cy_wat4_##S(const V *m, int is, V *o, int os)                                   
  * dst[i * ds + c] = src[c * cs + i] for c < n, 0 for n <= c < L; returns nonzero when a
  * copied value is NaN or Inf.  L x L blocks are transposed in registers (three rounds of
  * lane shuffles, as _MM_TRANSPOSE8_PS would), the check riding along as v - v sums. */
+/* the shared in-register transposes (_simd.h) on arrays r (in) and o (out) */
 #define CY_TRANSPOSE8(r, o)                                                            \
     do {                                                                               \
-        cy_v8f t0 = CY_SHUF8(r[0], r[1], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t1 = CY_SHUF8(r[0], r[1], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f t2 = CY_SHUF8(r[2], r[3], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t3 = CY_SHUF8(r[2], r[3], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f t4 = CY_SHUF8(r[4], r[5], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t5 = CY_SHUF8(r[4], r[5], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f t6 = CY_SHUF8(r[6], r[7], 0, 8, 1, 9, 4, 12, 5, 13);                    \
-        cy_v8f t7 = CY_SHUF8(r[6], r[7], 2, 10, 3, 11, 6, 14, 7, 15);                  \
-        cy_v8f s0 = CY_SHUF8(t0, t2, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s1 = CY_SHUF8(t0, t2, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        cy_v8f s2 = CY_SHUF8(t1, t3, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s3 = CY_SHUF8(t1, t3, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        cy_v8f s4 = CY_SHUF8(t4, t6, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s5 = CY_SHUF8(t4, t6, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        cy_v8f s6 = CY_SHUF8(t5, t7, 0, 1, 8, 9, 4, 5, 12, 13);                        \
-        cy_v8f s7 = CY_SHUF8(t5, t7, 2, 3, 10, 11, 6, 7, 14, 15);                      \
-        o[0] = CY_SHUF8(s0, s4, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[4] = CY_SHUF8(s0, s4, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-        o[1] = CY_SHUF8(s1, s5, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[5] = CY_SHUF8(s1, s5, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-        o[2] = CY_SHUF8(s2, s6, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[6] = CY_SHUF8(s2, s6, 4, 5, 6, 7, 12, 13, 14, 15);                           \
-        o[3] = CY_SHUF8(s3, s7, 0, 1, 2, 3, 8, 9, 10, 11);                             \
-        o[7] = CY_SHUF8(s3, s7, 4, 5, 6, 7, 12, 13, 14, 15);                           \
+        cy_v8f q0 = r[0], q1 = r[1], q2 = r[2], q3 = r[3];                             \
+        cy_v8f q4 = r[4], q5 = r[5], q6 = r[6], q7 = r[7];                             \
+        CY_T8(q0, q1, q2, q3, q4, q5, q6, q7);                                         \
+        o[0] = q0; o[1] = q1; o[2] = q2; o[3] = q3;                                    \
+        o[4] = q4; o[5] = q5; o[6] = q6; o[7] = q7;                                    \
     } while (0)
 #define CY_TRANSPOSE4(r, o)                                                            \
     do {                                                                               \
-        cy_v4d t0 = CY_SHUF4(r[0], r[1], 0, 4, 2, 6);                                  \
-        cy_v4d t1 = CY_SHUF4(r[0], r[1], 1, 5, 3, 7);                                  \
-        cy_v4d t2 = CY_SHUF4(r[2], r[3], 0, 4, 2, 6);                                  \
-        cy_v4d t3 = CY_SHUF4(r[2], r[3], 1, 5, 3, 7);                                  \
-        o[0] = CY_SHUF4(t0, t2, 0, 1, 4, 5);                                           \
-        o[2] = CY_SHUF4(t0, t2, 2, 3, 6, 7);                                           \
-        o[1] = CY_SHUF4(t1, t3, 0, 1, 4, 5);                                           \
-        o[3] = CY_SHUF4(t1, t3, 2, 3, 6, 7);                                           \
+        cy_v4d q0 = r[0], q1 = r[1], q2 = r[2], q3 = r[3];                             \
+        CY_T4(q0, q1, q2, q3);                                                         \
+        o[0] = q0; o[1] = q1; o[2] = q2; o[3] = q3;                                    \
     } while (0)
 
 #define CY_WINO_PACK(S, T, V, L, TRANSPOSE)                                            \

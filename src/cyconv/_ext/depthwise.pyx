@@ -479,6 +479,19 @@ def outer_workspace_bytes(tuple geom, Py_ssize_t itemsize, str direction,
     return int(max(n_threads, 1) * per * itemsize)
 
 
+cdef inline void pack_outer_block(const floating[:, ::1] w, const floating[::1] b,
+                                  bint has_bias, Py_ssize_t k0, Py_ssize_t nk, Py_ssize_t T,
+                                  floating* wb, floating* bb) noexcept nogil:
+    """One block of L output channels k0 .. k0+nk for outer_forward: wb[t][c] = w[k0 + c,
+    t] and bb[c] = b[k0 + c], zero for the lanes past nk (and bb without bias)."""
+    cdef Py_ssize_t L = 32 // sizeof(floating), t, c
+    for t in range(T):
+        for c in range(L):
+            wb[t * L + c] = w[k0 + c, t] if c < nk else 0
+    for c in range(L):
+        bb[c] = b[k0 + c] if has_bias and c < nk else 0
+
+
 def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
                   const floating[::1] b, floating[:, ::1] y, tuple geom,
                   Py_ssize_t n_threads, Py_ssize_t ws_bytes):
@@ -535,11 +548,7 @@ def outer_forward(const floating[:, ::1] x, const floating[:, ::1] w,
                 k0 = gi * K + kb * L                    # first output channel
                 nk = min(L, K - kb * L)
                 stage_plain(&x[n, 0] + gi * g.Cg * g.img_plane, g.Cg, xp, &q, g.D, g.H, g.W)
-                for t in range(T):
-                    for c in range(L):
-                        wb[t * L + c] = w[k0 + c, t] if c < nk else 0
-                for c in range(L):
-                    bb[c] = b[k0 + c] if has_bias and c < nk else 0
+                pack_outer_block(w, b, has_bias, k0, nk, T, wb, bb)
                 if floating is float:
                     bc_gather_f(yb, &dense[0], xp, &win[0], &offs[0], wb, T, g.P, bb)
                 else:
@@ -595,11 +604,7 @@ cdef int _outer_forward_chunked(const floating[:, ::1] x, const floating[:, ::1]
                 k0 = gi * K + kb * L
                 nk = min(L, K - kb * L)
                 xp = imgs + (n * g.G + gi) * img
-                for t in range(T):
-                    for c in range(L):
-                        wb[t * L + c] = w[k0 + c, t] if c < nk else 0
-                for c in range(L):
-                    bb[c] = b[k0 + c] if has_bias and c < nk else 0
+                pack_outer_block(w, b, has_bias, k0, nk, T, wb, bb)
                 if floating is float:
                     bc_gather_f(yb, &dense[0], xp, &win[p0], &offs[0], wb, T, np_, bb)
                 else:
